@@ -1,0 +1,2 @@
+//! nri-lifecycle-gate: placeholder until the gate lands.
+fn main() {}

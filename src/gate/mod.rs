@@ -1,0 +1,1 @@
+//! Plugin side of the PreStop gate.

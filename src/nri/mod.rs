@@ -1,0 +1,5 @@
+//! The NRI protocol edge.
+
+mod handler;
+
+pub use handler::Handler;
