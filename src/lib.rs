@@ -13,12 +13,14 @@
 //! - [`hooks`]: the hook runners (exec, httpGet, sleep, tcpSocket) and their outcome.
 //! - [`ns`]: processes and namespaces: pidfds, entering a container, its identity.
 //! - [`gate`]: the plugin side of the PreStop gate: injection and per-container sockets.
+//! - [`logging`]: log lines buffered until the runtime tells us where they go.
 //! - [`containerd`]: containerd's own API, for the stored-spec rewrite on older runtimes.
 
 pub mod annotations;
 pub mod config;
 pub mod containerd;
 pub mod core;
+pub mod logging;
 pub mod gate;
 pub mod hooks;
 pub mod model;
