@@ -199,6 +199,12 @@ mod tests {
     }
 
     #[test]
+    fn sample_config_is_the_defaults() {
+        let text = include_str!("../packaging/nri-lifecycle.conf");
+        assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    #[test]
     fn full_config() {
         let c = Config::from_toml(
             r#"
