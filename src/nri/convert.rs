@@ -1,0 +1,310 @@
+//! Wire types ↔ our model: the only place that looks inside NRI messages.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use crate::model::{
+    Adjustment, Container, ContainerState, EventKind, Mount, Namespace, Pod, ProcessSpec,
+};
+use crate::nri::wire::api;
+
+fn sorted(map: HashMap<String, String>) -> BTreeMap<String, String> {
+    map.into_iter().collect()
+}
+
+fn namespaces(list: Vec<api::LinuxNamespace>) -> Vec<Namespace> {
+    list.into_iter()
+        .map(|ns| Namespace {
+            kind: ns.type_,
+            path: ns.path,
+        })
+        .collect()
+}
+
+fn mount_from_wire(m: api::Mount) -> Mount {
+    Mount {
+        destination: m.destination,
+        kind: m.type_,
+        source: m.source,
+        options: m.options,
+    }
+}
+
+fn mount_to_wire(m: Mount) -> api::Mount {
+    api::Mount {
+        destination: m.destination,
+        type_: m.kind,
+        source: m.source,
+        options: m.options,
+        ..Default::default()
+    }
+}
+
+/// A wire pod as our [`Pod`]. Unparsable IPs are skipped (and logged).
+pub fn pod(wire: api::PodSandbox) -> Pod {
+    let ips = wire
+        .ips
+        .iter()
+        .filter_map(|ip| match ip.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                tracing::debug!(pod = %wire.id, ip = %ip, "ignoring unparsable pod ip");
+                None
+            }
+        })
+        .collect();
+    let (ns, cgroup_parent) = match wire.linux.into_option() {
+        Some(linux) => (namespaces(linux.namespaces), linux.cgroup_parent),
+        None => (Vec::new(), String::new()),
+    };
+    Pod {
+        id: wire.id,
+        name: wire.name,
+        uid: wire.uid,
+        namespace: wire.namespace,
+        labels: sorted(wire.labels),
+        annotations: sorted(wire.annotations),
+        ips,
+        namespaces: ns,
+        pid: wire.pid,
+        cgroup_parent,
+    }
+}
+
+fn state(wire: protobuf::EnumOrUnknown<api::ContainerState>) -> ContainerState {
+    match wire.enum_value() {
+        Ok(api::ContainerState::CONTAINER_CREATED) => ContainerState::Created,
+        Ok(api::ContainerState::CONTAINER_PAUSED) => ContainerState::Paused,
+        Ok(api::ContainerState::CONTAINER_RUNNING) => ContainerState::Running,
+        Ok(api::ContainerState::CONTAINER_STOPPED) => ContainerState::Stopped,
+        Ok(api::ContainerState::CONTAINER_UNKNOWN) | Err(_) => ContainerState::Unknown,
+    }
+}
+
+/// A wire container as our [`Container`]. The wire has no cwd, capabilities or
+/// no_new_privileges: those stay at their defaults.
+pub fn container(wire: api::Container) -> Container {
+    let (uid, gid, additional_gids) = match wire.user.into_option() {
+        Some(user) => (Some(user.uid), Some(user.gid), user.additional_gids),
+        None => (None, None, Vec::new()),
+    };
+    let (ns, cgroups_path) = match wire.linux.into_option() {
+        Some(linux) => (namespaces(linux.namespaces), linux.cgroups_path),
+        None => (Vec::new(), String::new()),
+    };
+    Container {
+        id: wire.id,
+        pod_id: wire.pod_sandbox_id,
+        name: wire.name,
+        state: state(wire.state),
+        labels: sorted(wire.labels),
+        annotations: sorted(wire.annotations),
+        mounts: wire.mounts.into_iter().map(mount_from_wire).collect(),
+        process: ProcessSpec {
+            args: wire.args,
+            env: wire.env,
+            uid,
+            gid,
+            additional_gids,
+            ..Default::default()
+        },
+        namespaces: ns,
+        cgroups_path,
+        pid: wire.pid,
+    }
+}
+
+/// An optional wire pod (absent on container-less messages) as a [`Pod`].
+pub fn pod_field(wire: protobuf::MessageField<api::PodSandbox>) -> Pod {
+    wire.into_option().map(pod).unwrap_or_default()
+}
+
+/// An optional wire container (absent on pod events) as a [`Container`].
+pub fn container_field(wire: protobuf::MessageField<api::Container>) -> Container {
+    wire.into_option().map(container).unwrap_or_default()
+}
+
+/// Our [`Adjustment`] as the wire's adjustment.
+pub fn adjustment(adj: Adjustment) -> api::ContainerAdjustment {
+    api::ContainerAdjustment {
+        annotations: adj.annotations.into_iter().collect(),
+        mounts: adj.mounts.into_iter().map(mount_to_wire).collect(),
+        args: adj.args.unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// The wire event number of an event kind.
+pub fn event_to_wire(kind: EventKind) -> api::Event {
+    match kind {
+        EventKind::RunPodSandbox => api::Event::RUN_POD_SANDBOX,
+        EventKind::StopPodSandbox => api::Event::STOP_POD_SANDBOX,
+        EventKind::RemovePodSandbox => api::Event::REMOVE_POD_SANDBOX,
+        EventKind::CreateContainer => api::Event::CREATE_CONTAINER,
+        EventKind::PostCreateContainer => api::Event::POST_CREATE_CONTAINER,
+        EventKind::StartContainer => api::Event::START_CONTAINER,
+        EventKind::PostStartContainer => api::Event::POST_START_CONTAINER,
+        EventKind::UpdateContainer => api::Event::UPDATE_CONTAINER,
+        EventKind::PostUpdateContainer => api::Event::POST_UPDATE_CONTAINER,
+        EventKind::StopContainer => api::Event::STOP_CONTAINER,
+        EventKind::RemoveContainer => api::Event::REMOVE_CONTAINER,
+    }
+}
+
+/// The event kind of a wire event number; `None` for events we have no use for
+/// (pod updates, adjustment validation, unknown numbers).
+pub fn event_from_wire(event: protobuf::EnumOrUnknown<api::Event>) -> Option<EventKind> {
+    Some(match event.enum_value().ok()? {
+        api::Event::RUN_POD_SANDBOX => EventKind::RunPodSandbox,
+        api::Event::STOP_POD_SANDBOX => EventKind::StopPodSandbox,
+        api::Event::REMOVE_POD_SANDBOX => EventKind::RemovePodSandbox,
+        api::Event::CREATE_CONTAINER => EventKind::CreateContainer,
+        api::Event::POST_CREATE_CONTAINER => EventKind::PostCreateContainer,
+        api::Event::START_CONTAINER => EventKind::StartContainer,
+        api::Event::POST_START_CONTAINER => EventKind::PostStartContainer,
+        api::Event::UPDATE_CONTAINER => EventKind::UpdateContainer,
+        api::Event::POST_UPDATE_CONTAINER => EventKind::PostUpdateContainer,
+        api::Event::STOP_CONTAINER => EventKind::StopContainer,
+        api::Event::REMOVE_CONTAINER => EventKind::RemoveContainer,
+        api::Event::UNKNOWN
+        | api::Event::UPDATE_POD_SANDBOX
+        | api::Event::POST_UPDATE_POD_SANDBOX
+        | api::Event::VALIDATE_CONTAINER_ADJUSTMENT
+        | api::Event::LAST => return None,
+    })
+}
+
+/// The subscription mask for a set of events: event number N is bit N-1.
+pub fn event_mask(kinds: &[EventKind]) -> i32 {
+    kinds
+        .iter()
+        .fold(0i32, |mask, &k| mask | 1 << (event_to_wire(k) as i32 - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [EventKind; 11] = [
+        EventKind::RunPodSandbox,
+        EventKind::StopPodSandbox,
+        EventKind::RemovePodSandbox,
+        EventKind::CreateContainer,
+        EventKind::PostCreateContainer,
+        EventKind::StartContainer,
+        EventKind::PostStartContainer,
+        EventKind::UpdateContainer,
+        EventKind::PostUpdateContainer,
+        EventKind::StopContainer,
+        EventKind::RemoveContainer,
+    ];
+
+    #[test]
+    fn mask_bits_follow_event_numbers() {
+        assert_eq!(event_mask(&[EventKind::RunPodSandbox]), 0b1);
+        assert_eq!(event_mask(&[EventKind::CreateContainer]), 1 << 3);
+        assert_eq!(event_mask(&[EventKind::RemoveContainer]), 1 << 10);
+        // The eleven classic events fill exactly the mask every runtime generation accepts.
+        assert_eq!(event_mask(&ALL), (1 << 11) - 1);
+        assert_eq!(event_mask(&[]), 0);
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_the_wire_number() {
+        for kind in ALL {
+            let wire = protobuf::EnumOrUnknown::new(event_to_wire(kind));
+            assert_eq!(event_from_wire(wire), Some(kind));
+        }
+        assert_eq!(event_from_wire(protobuf::EnumOrUnknown::from_i32(12)), None);
+        assert_eq!(event_from_wire(protobuf::EnumOrUnknown::from_i32(99)), None);
+    }
+
+    #[test]
+    fn pod_and_container_fields_are_carried_over() {
+        let mut wire = api::PodSandbox {
+            id: "p1".into(),
+            name: "web".into(),
+            uid: "u1".into(),
+            namespace: "default".into(),
+            pid: 42,
+            ips: vec!["10.0.0.2".into(), "not-an-ip".into(), "fd00::2".into()],
+            ..Default::default()
+        };
+        wire.annotations.insert("a".into(), "b".into());
+        wire.linux = protobuf::MessageField::some(api::LinuxPodSandbox {
+            cgroup_parent: "/kubepods".into(),
+            namespaces: vec![api::LinuxNamespace {
+                type_: "network".into(),
+                path: "/var/run/netns/x".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let p = pod(wire);
+        assert_eq!(p.id, "p1");
+        assert_eq!(p.ips.len(), 2);
+        assert_eq!(p.netns_path(), Some("/var/run/netns/x"));
+        assert_eq!(p.cgroup_parent, "/kubepods");
+        assert_eq!(p.annotations.get("a").map(String::as_str), Some("b"));
+        assert_eq!(p.pid, 42);
+
+        let wire = api::Container {
+            id: "c1".into(),
+            pod_sandbox_id: "p1".into(),
+            name: "app".into(),
+            state: protobuf::EnumOrUnknown::new(api::ContainerState::CONTAINER_RUNNING),
+            args: vec!["sh".into()],
+            env: vec!["A=1".into()],
+            pid: 7,
+            user: protobuf::MessageField::some(api::User {
+                uid: 1000,
+                gid: 1001,
+                additional_gids: vec![5],
+                ..Default::default()
+            }),
+            linux: protobuf::MessageField::some(api::LinuxContainer {
+                cgroups_path: "/kubepods/c1".into(),
+                ..Default::default()
+            }),
+            mounts: vec![api::Mount {
+                destination: "/data".into(),
+                type_: "bind".into(),
+                source: "/srv".into(),
+                options: vec!["rbind".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let c = container(wire);
+        assert_eq!(c.state, ContainerState::Running);
+        assert_eq!(c.process.uid, Some(1000));
+        assert_eq!(c.process.gid, Some(1001));
+        assert_eq!(c.process.additional_gids, vec![5]);
+        assert_eq!(c.cgroups_path, "/kubepods/c1");
+        assert_eq!(c.mounts[0].kind, "bind");
+        assert_eq!(c.pid, 7);
+
+        // No user on the wire (older runtimes): unknown, not root.
+        let c = container(api::Container::default());
+        assert_eq!(c.process.uid, None);
+    }
+
+    #[test]
+    fn adjustment_maps_to_the_wire_fields() {
+        let mut adj = Adjustment {
+            args: Some(vec!["/gate".into(), "app".into()]),
+            ..Default::default()
+        };
+        adj.annotations.insert("k".into(), "v".into());
+        adj.mounts.push(Mount {
+            destination: "/.gate".into(),
+            kind: "bind".into(),
+            source: "/run/gate".into(),
+            options: vec!["ro".into()],
+        });
+        let wire = adjustment(adj);
+        assert_eq!(wire.args, vec!["/gate", "app"]);
+        assert_eq!(wire.mounts[0].type_, "bind");
+        assert_eq!(wire.annotations.get("k").map(String::as_str), Some("v"));
+    }
+}
