@@ -1,1 +1,3 @@
 //! Plugin side of the PreStop gate.
+
+pub mod protocol;
