@@ -138,7 +138,9 @@ pub const STOP_LEN: usize = HEADER_LEN + 4;
 pub fn encode_stop(signal: u32) -> [u8; STOP_LEN] {
     let h = encode_header(MSG_STOP, 4);
     let s = signal.to_le_bytes();
-    [h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], s[0], s[1], s[2], s[3]]
+    [
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], s[0], s[1], s[2], s[3],
+    ]
 }
 
 /// Decodes the payload of a `STOP` request: the signal number.
