@@ -367,6 +367,9 @@ fn forward(child: PidT, sig: c_int) {
 /// Reads what the plugin sent; returns `Some(message)` when the exchange is over (`None` in the
 /// message means an ordinary completion that is not worth a line on stderr).
 fn read_reply(p: &mut Pending) -> Option<Option<(&'static [u8], &'static [u8])>> {
+    const CLOSED: Option<Option<(&[u8], &[u8])>> =
+        Some(Some((b"plugin closed the connection without an answer", b"")));
+    let mut closed = false;
     loop {
         if p.got == p.buf.len() {
             return Some(Some((b"plugin sent an oversized answer", b"")));
@@ -380,7 +383,8 @@ fn read_reply(p: &mut Pending) -> Option<Option<(&'static [u8], &'static [u8])>>
             )
         };
         if n == 0 {
-            return Some(Some((b"plugin closed the connection without an answer", b"")));
+            closed = true;
+            break;
         }
         if n < 0 {
             let e = errno();
@@ -395,7 +399,7 @@ fn read_reply(p: &mut Pending) -> Option<Option<(&'static [u8], &'static [u8])>>
         p.got += n as usize;
     }
     if p.got < protocol::HEADER_LEN {
-        return None;
+        return if closed { CLOSED } else { None };
     }
     let mut h = [0u8; protocol::HEADER_LEN];
     h.copy_from_slice(&p.buf[..protocol::HEADER_LEN]);
@@ -405,7 +409,7 @@ fn read_reply(p: &mut Pending) -> Option<Option<(&'static [u8], &'static [u8])>>
     };
     let end = protocol::HEADER_LEN + header.len as usize;
     if p.got < end {
-        return None;
+        return if closed { CLOSED } else { None };
     }
     match protocol::decode_reply(&p.buf[protocol::HEADER_LEN..end]) {
         Some((protocol::STATUS_DONE, _))

@@ -2,7 +2,6 @@
 //! with this test playing the plugin on a temporary unix socket. Needs root.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,6 +11,27 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use nri_lifecycle::gate::{embedded_gate, protocol};
+
+/// Writes the embedded gate to `path` from a child process: a write descriptor held by this
+/// (multi-threaded) test process could leak into a concurrent fork and make exec fail with
+/// ETXTBSY.
+fn write_gate(path: &std::path::Path) {
+    use std::io::Write as _;
+    let mut c = std::process::Command::new("sh")
+        .args(["-c", "cat > \"$0\" && chmod 755 \"$0\""])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+    stdin.write_all(embedded_gate()).unwrap();
+    drop(stdin);
+    assert!(
+        c.wait().unwrap().success(),
+        "cannot write {}",
+        path.display()
+    );
+}
 
 /// Upper bound for any single awaited event; reaching it fails the test.
 const EVENT_BOUND: Duration = Duration::from_secs(30);
@@ -33,8 +53,7 @@ struct Gate {
 fn gate() -> Gate {
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("gate");
-    std::fs::write(&bin, embedded_gate()).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_gate(&bin);
     let socket = dir.path().join("gate.sock");
     Gate {
         _dir: dir,

@@ -185,24 +185,26 @@ impl Socket {
                     continue;
                 }
             };
+            let allowed = self.peer_allowed(&stream);
             let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
                 self.warn("too many connections, closing one unread", "");
                 continue;
             };
             let me = Arc::clone(&self);
             tokio::spawn(async move {
-                me.handle(stream).await;
+                me.handle(stream, allowed).await;
                 drop(permit);
             });
         }
     }
 
-    async fn handle(&self, mut stream: UnixStream) {
+    /// Whether the peer is a process of this container.
+    fn peer_allowed(&self, stream: &UnixStream) -> bool {
         let pid = match stream.peer_cred().map(|c| c.pid()) {
             Ok(Some(pid)) if pid > 0 => pid as u32,
             _ => {
                 self.warn("peer without credentials refused", "");
-                return;
+                return false;
             }
         };
         let expected = *lock(&self.identity);
@@ -212,15 +214,13 @@ impl Socket {
         };
         if !allowed {
             self.warn("peer outside the container refused", &format!("pid {pid}"));
-            let mut out = [0u8; protocol::MAX_MESSAGE];
-            let n = protocol::encode_reply(
-                protocol::STATUS_REFUSED,
-                "not a process of this container",
-                &mut out,
-            );
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, stream.write_all(&out[..n])).await;
-            return;
         }
+        allowed
+    }
+
+    /// Reads one request (bounded in size and time) and answers it; a refused peer is
+    /// answered `REFUSED` after its request was read, so the answer is not lost to a reset.
+    async fn handle(&self, mut stream: UnixStream, allowed: bool) {
         let mut head = [0u8; protocol::HEADER_LEN];
         let mut payload = [0u8; protocol::MAX_PAYLOAD];
         let read = async {
@@ -243,30 +243,34 @@ impl Socket {
                 return;
             }
         };
-        let (status, reason) =
-            if header.version != protocol::VERSION || header.kind != protocol::MSG_STOP {
-                self.warn(
-                    "unsupported request",
-                    &format!("version {} type {}", header.version, header.kind),
-                );
-                (
-                    protocol::STATUS_UNSUPPORTED,
-                    String::from("unsupported request"),
-                )
-            } else if let Some(signal) = protocol::decode_stop(&payload[..len]) {
-                info!(container = %self.id, signal, "gate holds a stop signal, running prestop");
-                match self.prestop_once(signal as i32).await {
-                    PreStopOutcome::Done => (protocol::STATUS_DONE, String::new()),
-                    PreStopOutcome::Failed(r) => (protocol::STATUS_FAILED, r),
-                    PreStopOutcome::TimedOut => (protocol::STATUS_TIMED_OUT, String::new()),
-                }
-            } else {
-                self.warn("malformed stop request", "");
-                (
-                    protocol::STATUS_UNSUPPORTED,
-                    String::from("malformed request"),
-                )
-            };
+        let (status, reason) = if !allowed {
+            (
+                protocol::STATUS_REFUSED,
+                String::from("not a process of this container"),
+            )
+        } else if header.version != protocol::VERSION || header.kind != protocol::MSG_STOP {
+            self.warn(
+                "unsupported request",
+                &format!("version {} type {}", header.version, header.kind),
+            );
+            (
+                protocol::STATUS_UNSUPPORTED,
+                String::from("unsupported request"),
+            )
+        } else if let Some(signal) = protocol::decode_stop(&payload[..len]) {
+            info!(container = %self.id, signal, "gate holds a stop signal, running prestop");
+            match self.prestop_once(signal as i32).await {
+                PreStopOutcome::Done => (protocol::STATUS_DONE, String::new()),
+                PreStopOutcome::Failed(r) => (protocol::STATUS_FAILED, r),
+                PreStopOutcome::TimedOut => (protocol::STATUS_TIMED_OUT, String::new()),
+            }
+        } else {
+            self.warn("malformed stop request", "");
+            (
+                protocol::STATUS_UNSUPPORTED,
+                String::from("malformed request"),
+            )
+        };
         let mut out = [0u8; protocol::MAX_MESSAGE];
         let n = protocol::encode_reply(status, &reason, &mut out);
         if let Err(e) = stream.write_all(&out[..n]).await {
