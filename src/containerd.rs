@@ -1,1 +1,400 @@
-//! TODO
+//! containerd's own gRPC API, for the stored-spec rewrite on runtimes that ignore the NRI args
+//! adjustment (containerd 1.7, 2.0 and 2.1).
+//!
+//! On those runtimes `PostCreateContainer` arrives before the task exists, so rewriting
+//! `process.args` of the container's stored OCI spec (`Containers.Get`, edit the JSON,
+//! `Containers.Update` with the field mask `spec`) makes `StartContainer` create the task with
+//! the gate as PID 1.
+//!
+//! The socket is found without configuration: an explicit setting wins; otherwise, when
+//! containerd launched the plugin, its command line (`--address`, or `--config` and the
+//! `[grpc] address` in that file), else `/etc/containerd/config.toml`, else the default
+//! socket.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::{GetContainerRequest, UpdateContainerRequest};
+use containerd_client::tonic::transport::Channel;
+use containerd_client::tonic::Request;
+use tokio::sync::Mutex;
+use tracing::debug;
+
+use crate::gate::{args_are_gated, gate_args, GateParams};
+
+/// containerd's gRPC socket when nothing says otherwise.
+pub const DEFAULT_ADDRESS: &str = "/run/containerd/containerd.sock";
+/// containerd's config file when its command line names none.
+pub const DEFAULT_CONFIG: &str = "/etc/containerd/config.toml";
+/// The containerd namespace of CRI containers.
+pub const K8S_NAMESPACE: &str = "k8s.io";
+/// gRPC metadata key naming the containerd namespace.
+const NAMESPACE_HEADER: &str = "containerd-namespace";
+/// Bound of one Get + Update round (the runtime waits for `PostCreateContainer`).
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Errors of the containerd client.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerdError {
+    #[error("cannot connect to containerd at {address}: {source}")]
+    Connect {
+        address: PathBuf,
+        source: containerd_client::tonic::transport::Error,
+    },
+    #[error("containerd {op} of container {id} failed: {status}")]
+    Rpc {
+        op: &'static str,
+        id: String,
+        status: Box<containerd_client::tonic::Status>,
+    },
+    #[error("containerd {op} of container {id} took longer than {RPC_TIMEOUT:?}")]
+    Timeout { op: &'static str, id: String },
+    #[error("container {id} has no stored spec")]
+    NoSpec { id: String },
+    #[error("stored spec of container {id} is not an OCI spec: {reason}")]
+    BadSpec { id: String, reason: String },
+    #[error("bad containerd namespace {namespace:?}")]
+    BadNamespace { namespace: String },
+}
+
+/// What [`Client::gate_stored_spec`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    /// `process.args` now start with the gate.
+    Rewritten,
+    /// They already did (the NRI args adjustment took effect, or an earlier rewrite).
+    AlreadyGated,
+}
+
+/// The `[grpc] address` of a containerd config file (any config version), if set.
+pub fn grpc_address_from_config(toml: &str) -> Option<String> {
+    let mut in_grpc = false;
+    for raw in toml.lines() {
+        let line = raw.trim();
+        if line.starts_with('[') {
+            let name = line.trim_start_matches('[').trim_end_matches(']').trim();
+            in_grpc = name == "grpc";
+            continue;
+        }
+        if !in_grpc {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key.trim().trim_matches('"') != "address" {
+            continue;
+        }
+        let value = value.trim();
+        let quote = value.chars().next()?;
+        if quote != '"' && quote != '\'' {
+            return None;
+        }
+        let rest = &value[1..];
+        let end = rest.find(quote)?;
+        let addr = &rest[..end];
+        return (!addr.is_empty()).then(|| addr.to_string());
+    }
+    None
+}
+
+/// What containerd's command line says: `(--address, --config)`.
+pub fn flags_from_cmdline(cmdline: &[u8]) -> (Option<String>, Option<String>) {
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let mut address = None;
+    let mut config = None;
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].as_str();
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) if n.starts_with('-') => (n, Some(v.to_string())),
+            _ => (a, None),
+        };
+        let slot = match name {
+            "--config" | "-config" | "-c" => Some(&mut config),
+            "--address" | "-address" | "-a" => Some(&mut address),
+            _ => None,
+        };
+        if let Some(slot) = slot {
+            match inline {
+                Some(v) => *slot = Some(v),
+                None => {
+                    if let Some(v) = args.get(i + 1) {
+                        *slot = Some(v.clone());
+                        i += 1;
+                    }
+                }
+            }
+        }
+        i += 1;
+    }
+    (address, config)
+}
+
+/// Finds containerd's gRPC socket: `configured` if given, else from the parent process (when it
+/// is containerd), else from the default config file, else [`DEFAULT_ADDRESS`].
+pub fn discover_address(configured: Option<&Path>) -> PathBuf {
+    if let Some(p) = configured {
+        return p.to_path_buf();
+    }
+    let ppid = std::os::unix::process::parent_id();
+    let parent_is_containerd = std::fs::read_link(format!("/proc/{ppid}/exe"))
+        .map(|exe| {
+            exe.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("containerd"))
+        })
+        .unwrap_or(false);
+    let (flag_address, flag_config) = if parent_is_containerd {
+        std::fs::read(format!("/proc/{ppid}/cmdline"))
+            .map(|c| flags_from_cmdline(&c))
+            .unwrap_or((None, None))
+    } else {
+        (None, None)
+    };
+    if let Some(a) = flag_address {
+        return PathBuf::from(a);
+    }
+    let config = flag_config.unwrap_or_else(|| DEFAULT_CONFIG.to_string());
+    // A config path relative to containerd's working directory.
+    let config = if Path::new(&config).is_relative() && parent_is_containerd {
+        PathBuf::from(format!("/proc/{ppid}/cwd")).join(config)
+    } else {
+        PathBuf::from(config)
+    };
+    std::fs::read_to_string(&config)
+        .ok()
+        .and_then(|t| grpc_address_from_config(&t))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ADDRESS))
+}
+
+/// Rewrites `process.args` of an OCI spec (JSON) to start with the gate. Returns `None` when
+/// they already do. Every other field is kept.
+pub fn gate_spec_json(
+    id: &str,
+    spec: &[u8],
+    params: &GateParams,
+) -> Result<Option<Vec<u8>>, ContainerdError> {
+    let bad = |reason: String| ContainerdError::BadSpec {
+        id: id.to_string(),
+        reason,
+    };
+    let mut v: serde_json::Value = serde_json::from_slice(spec).map_err(|e| bad(e.to_string()))?;
+    let args = v
+        .get_mut("process")
+        .and_then(|p| p.get_mut("args"))
+        .and_then(|a| a.as_array_mut())
+        .ok_or_else(|| bad("no process.args".to_string()))?;
+    let mut current = Vec::with_capacity(args.len());
+    for a in args.iter() {
+        current.push(
+            a.as_str()
+                .ok_or_else(|| bad("process.args holds a non-string".to_string()))?
+                .to_string(),
+        );
+    }
+    if args_are_gated(&current) {
+        return Ok(None);
+    }
+    *args = gate_args(&current, params)
+        .into_iter()
+        .map(serde_json::Value::String)
+        .collect();
+    serde_json::to_vec(&v)
+        .map(Some)
+        .map_err(|e| bad(e.to_string()))
+}
+
+/// A lazily connected containerd client.
+pub struct Client {
+    address: PathBuf,
+    namespace: String,
+    channel: Mutex<Option<Channel>>,
+}
+
+impl Client {
+    /// A client for `address` (see [`discover_address`]) and a containerd namespace (CRI:
+    /// [`K8S_NAMESPACE`]). Nothing is connected until the first call.
+    pub fn new(address: PathBuf, namespace: &str) -> Client {
+        Client {
+            address,
+            namespace: namespace.to_string(),
+            channel: Mutex::new(None),
+        }
+    }
+
+    /// The socket this client talks to.
+    pub fn address(&self) -> &Path {
+        &self.address
+    }
+
+    async fn channel(&self) -> Result<Channel, ContainerdError> {
+        let mut slot = self.channel.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = containerd_client::connect(&self.address)
+            .await
+            .map_err(|source| ContainerdError::Connect {
+                address: self.address.clone(),
+                source,
+            })?;
+        debug!(address = %self.address.display(), "connected to containerd");
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn forget_channel(&self) {
+        *self.channel.lock().await = None;
+    }
+
+    fn request<T>(&self, msg: T) -> Result<Request<T>, ContainerdError> {
+        let mut req = Request::new(msg);
+        let ns = self
+            .namespace
+            .parse()
+            .map_err(|_| ContainerdError::BadNamespace {
+                namespace: self.namespace.clone(),
+            })?;
+        req.metadata_mut().insert(NAMESPACE_HEADER, ns);
+        Ok(req)
+    }
+
+    /// Puts the gate in front of `process.args` in the container's stored spec. Call from
+    /// `PostCreateContainer` when [`crate::gate::args_are_gated`] says the NRI args adjustment
+    /// did not take effect; bounded by [`RPC_TIMEOUT`].
+    pub async fn gate_stored_spec(
+        &self,
+        id: &str,
+        params: &GateParams,
+    ) -> Result<Rewrite, ContainerdError> {
+        let result = tokio::time::timeout(RPC_TIMEOUT, self.do_gate_stored_spec(id, params)).await;
+        let result = match result {
+            Ok(r) => r,
+            Err(_) => Err(ContainerdError::Timeout {
+                op: "Get+Update",
+                id: id.to_string(),
+            }),
+        };
+        if matches!(
+            result,
+            Err(ContainerdError::Timeout { .. }) | Err(ContainerdError::Rpc { .. })
+        ) {
+            // The next call starts from a fresh connection.
+            self.forget_channel().await;
+        }
+        result
+    }
+
+    async fn do_gate_stored_spec(
+        &self,
+        id: &str,
+        params: &GateParams,
+    ) -> Result<Rewrite, ContainerdError> {
+        let mut client = ContainersClient::new(self.channel().await?);
+        let rpc = |op: &'static str| {
+            let id = id.to_string();
+            move |status| ContainerdError::Rpc {
+                op,
+                id,
+                status: Box::new(status),
+            }
+        };
+        let got = client
+            .get(self.request(GetContainerRequest { id: id.to_string() })?)
+            .await
+            .map_err(rpc("Get"))?
+            .into_inner();
+        let mut container = got
+            .container
+            .ok_or_else(|| ContainerdError::NoSpec { id: id.to_string() })?;
+        let spec = container
+            .spec
+            .as_mut()
+            .ok_or_else(|| ContainerdError::NoSpec { id: id.to_string() })?;
+        let Some(new_spec) = gate_spec_json(id, &spec.value, params)? else {
+            return Ok(Rewrite::AlreadyGated);
+        };
+        spec.value = new_spec;
+        let update = UpdateContainerRequest {
+            container: Some(container),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["spec".to_string()],
+            }),
+        };
+        client
+            .update(self.request(update)?)
+            .await
+            .map_err(rpc("Update"))?;
+        Ok(Rewrite::Rewritten)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_address_is_read_from_any_config_version() {
+        let v2 = "version = 2\n[grpc]\n  address = \"/run/x/containerd.sock\"\n  uid = 0\n\
+                  [plugins.\"io.containerd.grpc.v1.cri\"]\n  address = \"nope\"\n";
+        assert_eq!(
+            grpc_address_from_config(v2).as_deref(),
+            Some("/run/x/containerd.sock")
+        );
+        let v3 = "version = 3\n[ttrpc]\naddress = '/run/t'\n[grpc]\naddress = '/run/g.sock'\n";
+        assert_eq!(grpc_address_from_config(v3).as_deref(), Some("/run/g.sock"));
+        assert_eq!(
+            grpc_address_from_config("version = 3\n[grpc]\nuid = 0\n"),
+            None
+        );
+        assert_eq!(grpc_address_from_config(""), None);
+    }
+
+    #[test]
+    fn flags_are_read_from_the_command_line() {
+        let c = b"/usr/bin/containerd\0--config\0/etc/x.toml\0--log-level\0debug\0";
+        assert_eq!(flags_from_cmdline(c), (None, Some("/etc/x.toml".into())));
+        let c = b"containerd\0-c=/a.toml\0-a\0/run/a.sock\0";
+        assert_eq!(
+            flags_from_cmdline(c),
+            (Some("/run/a.sock".into()), Some("/a.toml".into()))
+        );
+        assert_eq!(flags_from_cmdline(b"containerd\0"), (None, None));
+    }
+
+    #[test]
+    fn configured_address_wins() {
+        assert_eq!(
+            discover_address(Some(Path::new("/run/mine.sock"))),
+            PathBuf::from("/run/mine.sock")
+        );
+    }
+
+    #[test]
+    fn spec_args_are_gated_once_and_other_fields_kept() {
+        let params = GateParams::new(Duration::from_secs(3), None);
+        let spec = br#"{"ociVersion":"1.1.0","process":{"args":["/app","-x"],"env":["A=1"],"cwd":"/"},"root":{"path":"rootfs"}}"#;
+        let out = gate_spec_json("c1", spec, &params).unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let args: Vec<&str> = v["process"]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(args[0], crate::gate::protocol::GATE_PATH);
+        assert_eq!(&args[args.len() - 3..], ["--", "/app", "-x"]);
+        assert_eq!(v["process"]["env"][0], "A=1");
+        assert_eq!(v["root"]["path"], "rootfs");
+        assert_eq!(v["ociVersion"], "1.1.0");
+        assert_eq!(gate_spec_json("c1", &out, &params).unwrap(), None);
+        assert!(gate_spec_json("c1", b"{}", &params).is_err());
+        assert!(gate_spec_json("c1", b"not json", &params).is_err());
+    }
+}

@@ -1,0 +1,252 @@
+//! The plugin side of the gate: per-container sockets, the peer check, garbage and floods,
+//! one PreStop per stop, removal and resync. The peer check test needs root (a PID namespace).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nri_lifecycle::gate::{
+    embedded_gate, protocol, GateServers, PreStopCallback, PreStopOutcome, GATED_ANNOTATION,
+};
+use nri_lifecycle::model::{Container, ContainerState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::Notify;
+
+/// Writes the embedded gate to `path` from a child process: a write descriptor held by this
+/// (multi-threaded) test process could leak into a concurrent fork and make exec fail with
+/// ETXTBSY.
+fn write_gate(path: &std::path::Path) {
+    use std::io::Write as _;
+    let mut c = std::process::Command::new("sh")
+        .args(["-c", "cat > \"$0\" && chmod 755 \"$0\""])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+    stdin.write_all(embedded_gate()).unwrap();
+    drop(stdin);
+    assert!(
+        c.wait().unwrap().success(),
+        "cannot write {}",
+        path.display()
+    );
+}
+
+/// Upper bound for any awaited event; reaching it fails the test.
+const EVENT_BOUND: Duration = Duration::from_secs(30);
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    servers: GateServers,
+    calls: Arc<AtomicUsize>,
+    release: Arc<Notify>,
+}
+
+/// Servers whose PreStop counts its calls and finishes when `release` is notified (or at once
+/// when `hold` is false) with `outcome`.
+fn fixture(hold: bool, outcome: PreStopOutcome) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(Notify::new());
+    let (c, r) = (Arc::clone(&calls), Arc::clone(&release));
+    let callback: PreStopCallback = Arc::new(move |req| {
+        assert_eq!(req.container_id, "c1");
+        c.fetch_add(1, Ordering::SeqCst);
+        let r = Arc::clone(&r);
+        let outcome = outcome.clone();
+        Box::pin(async move {
+            if hold {
+                r.notified().await;
+            }
+            outcome
+        })
+    });
+    let servers = GateServers::new(dir.path().join("containers"), callback);
+    Fixture {
+        dir,
+        servers,
+        calls,
+        release,
+    }
+}
+
+async fn stop(sock: &Path, signal: u32) -> (u8, String) {
+    let mut s = UnixStream::connect(sock).await.unwrap();
+    s.write_all(&protocol::encode_stop(signal)).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(EVENT_BOUND, s.read_to_end(&mut buf))
+        .await
+        .expect("no answer from the gate server")
+        .unwrap();
+    let mut head = [0u8; protocol::HEADER_LEN];
+    head.copy_from_slice(&buf[..protocol::HEADER_LEN]);
+    let h = protocol::decode_header(&head).unwrap();
+    assert_eq!(h.kind, protocol::MSG_REPLY);
+    let (status, reason) = protocol::decode_reply(&buf[protocol::HEADER_LEN..]).unwrap();
+    (status, String::from_utf8(reason.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn stop_from_the_container_runs_prestop_and_answers() {
+    let f = fixture(false, PreStopOutcome::Failed("exit status 3".into()));
+    let dir = f.servers.open("c1").unwrap();
+    let sock = dir.join(protocol::SOCKET_NAME);
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666);
+    // This test process plays the container's init.
+    f.servers.set_init_pid("c1", std::process::id()).unwrap();
+    let (status, reason) = stop(&sock, 15).await;
+    assert_eq!(status, protocol::STATUS_FAILED);
+    assert_eq!(reason, "exit status 3");
+    assert_eq!(f.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn peers_are_refused_until_the_init_is_known() {
+    let f = fixture(false, PreStopOutcome::Done);
+    let dir = f.servers.open("c1").unwrap();
+    let (status, _) = stop(&dir.join(protocol::SOCKET_NAME), 15).await;
+    assert_eq!(status, protocol::STATUS_REFUSED);
+    assert_eq!(f.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn duplicate_stops_run_prestop_once() {
+    let f = fixture(true, PreStopOutcome::Done);
+    let dir = f.servers.open("c1").unwrap();
+    f.servers.set_init_pid("c1", std::process::id()).unwrap();
+    let sock = dir.join(protocol::SOCKET_NAME);
+    let a = tokio::spawn({
+        let sock = sock.clone();
+        async move { stop(&sock, 15).await }
+    });
+    let b = tokio::spawn({
+        let sock = sock.clone();
+        async move { stop(&sock, 2).await }
+    });
+    // Wait until the hook is running, then let it finish.
+    while f.calls.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    f.release.notify_one();
+    assert_eq!(a.await.unwrap().0, protocol::STATUS_DONE);
+    assert_eq!(b.await.unwrap().0, protocol::STATUS_DONE);
+    // Later asks get the same outcome without a new run.
+    assert_eq!(stop(&sock, 15).await.0, protocol::STATUS_DONE);
+    assert_eq!(f.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn garbage_and_floods_cost_nothing() {
+    let f = fixture(false, PreStopOutcome::TimedOut);
+    let dir = f.servers.open("c1").unwrap();
+    f.servers.set_init_pid("c1", std::process::id()).unwrap();
+    let sock = dir.join(protocol::SOCKET_NAME);
+    for i in 0..200u32 {
+        let mut s = UnixStream::connect(&sock).await.unwrap();
+        let junk: &[u8] = match i % 4 {
+            0 => b"GET / HTTP/1.1\r\n\r\n",
+            1 => b"NRLG\x01\x01\xff\xff",           // too long
+            2 => b"NRLG\x07\x01\x04\x00\x0f\0\0\0", // unknown version
+            _ => b"NRLG\x01\x02\x00\x00",           // reserved type
+        };
+        let _ = s.write_all(junk).await;
+        drop(s);
+    }
+    // A version-2 request gets a version-1 UNSUPPORTED answer.
+    let mut s = UnixStream::connect(&sock).await.unwrap();
+    s.write_all(b"NRLG\x02\x01\x04\x00\x0f\0\0\0")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(EVENT_BOUND, s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..6], b"NRLG\x01\x81");
+    assert_eq!(buf[protocol::HEADER_LEN], protocol::STATUS_UNSUPPORTED);
+    // None of it ran the hook, and a real stop still works.
+    assert_eq!(f.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(stop(&sock, 15).await.0, protocol::STATUS_TIMED_OUT);
+    assert_eq!(f.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn remove_and_resync_manage_directories() {
+    let f = fixture(false, PreStopOutcome::Done);
+    let base = f.dir.path().join("containers");
+    f.servers.open("gone").unwrap();
+    assert!(base.join("gone").join(protocol::SOCKET_NAME).exists());
+    f.servers.remove("gone");
+    assert!(!base.join("gone").exists());
+
+    // A plugin restart: a fresh server set finds a stale directory and a running container.
+    std::fs::create_dir_all(base.join("stale")).unwrap();
+    let mut c1 = Container {
+        id: "c1".into(),
+        state: ContainerState::Running,
+        pid: std::process::id(),
+        ..Default::default()
+    };
+    c1.annotations
+        .insert(GATED_ANNOTATION.into(), protocol::VERSION.to_string());
+    let plain = Container {
+        id: "plain".into(),
+        state: ContainerState::Running,
+        ..Default::default()
+    };
+    let failed = f.servers.resync(&[c1, plain]);
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(!base.join("stale").exists());
+    assert!(!base.join("plain").exists());
+    let sock = base.join("c1").join(protocol::SOCKET_NAME);
+    assert_eq!(stop(&sock, 15).await.0, protocol::STATUS_DONE);
+
+    assert!(f.servers.open("../escape").is_err());
+    assert!(f.servers.open(".hidden").is_err());
+}
+
+#[tokio::test]
+async fn a_peer_in_another_pid_namespace_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("!!! SKIPPED: needs root (unshare --pid); run the gate tests as root !!!");
+        return;
+    }
+    let f = fixture(false, PreStopOutcome::Done);
+    let dir = f.servers.open("c1").unwrap();
+    f.servers.set_init_pid("c1", std::process::id()).unwrap();
+    let sock = dir.join(protocol::SOCKET_NAME);
+    let bin = f.dir.path().join("gate");
+    write_gate(&bin);
+    // The real gate, as PID 1 of another PID namespace (same mount namespace, so the socket
+    // path is reachable): its child asks it to stop.
+    let out = tokio::process::Command::new("unshare")
+        .args(["--fork", "--pid"])
+        .arg(&bin)
+        .arg("--socket")
+        .arg(&sock)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo term; exit 0' TERM; kill -TERM 1; while :; do sleep 1 & wait $!; done",
+        ])
+        .stdin(Stdio::null())
+        .output();
+    let out = tokio::time::timeout(EVENT_BOUND, out)
+        .await
+        .expect("the gate never stopped")
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "term\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(f.calls.load(Ordering::SeqCst), 0);
+}
