@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::annotations::{self, HookSpec, Hooks};
 use crate::config::Config;
+use crate::gate::PreStopOutcome;
 use crate::model::{Adjustment, Container, ContainerState, Event, EventKind, Pod, RuntimeInfo};
 use crate::nri::Handler;
 
@@ -73,14 +74,6 @@ impl HookOutcome {
     }
 }
 
-/// What the PreStop gate is told after a PreStop request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PreStopOutcome {
-    Done,
-    Failed(String),
-    TimedOut,
-}
-
 /// Whether a container with a PreStop hook really has the gate as its PID 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GateStatus {
@@ -98,20 +91,30 @@ pub trait Effects: Send + Sync + 'static {
     fn signal(&self, container: &Container, signal: i32) -> Result<(), String>;
     /// Resolves when the container's init process has exited (at once if it is already gone).
     async fn exited(&self, container: &Container);
-    /// The adjustment that puts the gate in front of a container's entrypoint.
+    /// The container's init process is running (its PID is known).
+    fn started(&self, container: &Container);
+    /// The adjustment that puts the gate in front of a container's entrypoint; `bound` is how
+    /// long its PreStop hook may take.
     fn gate_adjustment(
         &self,
         container: &Container,
         pre_stop: &HookSpec,
+        bound: Duration,
     ) -> Result<Adjustment, String>;
     /// After the container was created: make sure the gate will be its PID 1.
-    async fn gate_post_create(&self, container: &Container) -> GateStatus;
+    async fn gate_post_create(
+        &self,
+        container: &Container,
+        pre_stop: &HookSpec,
+        bound: Duration,
+    ) -> GateStatus;
     /// Whether the container carries our "gated" marker (after a plugin restart).
     fn is_gated(&self, container: &Container) -> bool;
-    /// Re-creates the gate socket of a running gated container (after a plugin restart).
-    fn gate_resync(&self, container: &Container);
-    /// The container is gone: drop its gate socket and directory.
-    fn gate_forget(&self, container_id: &str);
+    /// After a plugin restart: re-creates the gate sockets of the gated containers among
+    /// `containers` (all the runtime's containers) and drops stale ones.
+    fn gate_resync(&self, containers: &[Container]);
+    /// A container with hooks is gone: drop what we hold for it (process handle, gate socket).
+    fn forget(&self, container_id: &str);
 }
 
 /// A container with at least one hook.
@@ -171,6 +174,17 @@ pub struct Core {
     inner: Arc<Inner>,
 }
 
+/// A reference to the core that does not keep it alive (for callbacks the core's own
+/// effects hold, such as the gate servers').
+#[derive(Clone)]
+pub struct WeakCore(std::sync::Weak<Inner>);
+
+impl WeakCore {
+    pub fn upgrade(&self) -> Option<Core> {
+        self.0.upgrade().map(|inner| Core { inner })
+    }
+}
+
 impl Core {
     pub fn new(config: Config, effects: Arc<dyn Effects>) -> Core {
         let permits = Arc::new(Semaphore::new(config.max_concurrent_hooks));
@@ -183,6 +197,10 @@ impl Core {
                 permits,
             }),
         }
+    }
+
+    pub fn downgrade(&self) -> WeakCore {
+        WeakCore(Arc::downgrade(&self.inner))
     }
 
     /// The current config.
@@ -283,7 +301,12 @@ impl Core {
         let mut adjustment = Adjustment::default();
         let mut gate_injected = false;
         if let Some(pre_stop) = &hooks.pre_stop {
-            match self.inner.effects.gate_adjustment(&container, pre_stop) {
+            let bound = self.pre_stop_bound(pre_stop, &container);
+            match self
+                .inner
+                .effects
+                .gate_adjustment(&container, pre_stop, bound)
+            {
                 Ok(adj) => {
                     adjustment = adj;
                     gate_injected = true;
@@ -320,20 +343,21 @@ impl Core {
             };
             entry.state = ContainerState::Created;
             match entry.hooked.as_mut() {
-                Some(h) => {
+                Some(h) if h.gate_injected => {
                     h.container = event.container.clone();
                     h.pod = event.pod.clone();
-                    h.gate_injected
+                    h.hooks.pre_stop.clone()
                 }
-                None => false,
+                _ => None,
             }
         };
-        if !needs_gate {
+        let Some(spec) = needs_gate else {
             return;
-        }
+        };
+        let bound = self.pre_stop_bound(&spec, &event.container);
         let status = match tokio::time::timeout(
             POST_CREATE_BUDGET,
-            self.inner.effects.gate_post_create(&event.container),
+            self.inner.effects.gate_post_create(&event.container, &spec, bound),
         )
         .await
         {
@@ -382,6 +406,7 @@ impl Core {
             pid,
             ..event.container
         };
+        self.inner.effects.started(&hooked.container);
         let Some(spec) = hooked.hooks.post_start.clone() else {
             return;
         };
@@ -499,10 +524,15 @@ impl Core {
         self.run_pre_stop(spec, target).await
     }
 
+    /// How long a PreStop hook may run: Kubernetes bounds it by the grace period only;
+    /// `timeoutSeconds` may shorten that.
+    fn pre_stop_bound(&self, spec: &HookSpec, container: &Container) -> Duration {
+        let grace = self.grace_period(container);
+        spec.timeout.map_or(grace, |t| t.min(grace))
+    }
+
     async fn run_pre_stop(&self, spec: HookSpec, target: Target) -> PreStopOutcome {
-        let grace = self.grace_period(&target.container);
-        // Kubernetes bounds PreStop by the grace period only; `timeoutSeconds` may shorten it.
-        let timeout = spec.timeout.map_or(grace, |t| t.min(grace));
+        let timeout = self.pre_stop_bound(&spec, &target.container);
         let started = Instant::now();
         let Ok(_permit) = self.inner.permits.clone().acquire_owned().await else {
             return PreStopOutcome::Failed("plugin is shutting down".into());
@@ -560,12 +590,8 @@ impl Core {
 
     fn do_remove(&self, id: &str) {
         let removed = self.table().remove(id);
-        if removed.as_ref().is_some_and(|e| {
-            e.hooked
-                .as_ref()
-                .is_some_and(|h| h.gate_injected || h.gated)
-        }) {
-            self.inner.effects.gate_forget(id);
+        if removed.as_ref().is_some_and(|e| e.hooked.is_some()) {
+            self.inner.effects.forget(id);
         }
     }
 
@@ -611,14 +637,12 @@ impl Core {
                 }
             };
             let gated = hooks.pre_stop.is_some() && self.inner.effects.is_gated(container);
-            if gated && container.state == ContainerState::Running {
-                self.inner.effects.gate_resync(container);
-            }
             let already = self.table().contains_key(&container.id);
             if !already {
                 self.insert(pod, container.clone(), hooks, gated, gated);
             }
         }
+        self.inner.effects.gate_resync(&containers);
         info!(
             containers = containers.len(),
             "synchronized with the runtime"
@@ -660,14 +684,6 @@ impl Handler for Core {
             request_timeout_ms = info.request_timeout_ms,
             "configured by the runtime"
         );
-        if !info.config.trim().is_empty() {
-            match Config::from_toml(&info.config) {
-                Ok(config) => self.set_config(config),
-                Err(e) => {
-                    warn!(error = %e, "ignoring the plugin config handed over by the runtime")
-                }
-            }
-        }
         let mut guard = match self.inner.runtime.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -765,17 +781,27 @@ mod tests {
         async fn exited(&self, _container: &Container) {
             self.exited.notified().await
         }
+        fn started(&self, container: &Container) {
+            self.record(format!("started {}", container.id));
+        }
         fn gate_adjustment(
             &self,
             container: &Container,
             _: &HookSpec,
+            bound: Duration,
         ) -> Result<Adjustment, String> {
+            assert!(bound <= Duration::from_secs(7));
             self.record(format!("inject {}", container.id));
             let mut adj = Adjustment::default();
             adj.annotations.insert("gated".into(), "1".into());
             Ok(adj)
         }
-        async fn gate_post_create(&self, container: &Container) -> GateStatus {
+        async fn gate_post_create(
+            &self,
+            container: &Container,
+            _: &HookSpec,
+            _: Duration,
+        ) -> GateStatus {
             self.record(format!("post-create {}", container.id));
             if self.ungated {
                 GateStatus::Ungated("no API".into())
@@ -786,10 +812,12 @@ mod tests {
         fn is_gated(&self, c: &Container) -> bool {
             c.annotations.contains_key("gated")
         }
-        fn gate_resync(&self, c: &Container) {
-            self.record(format!("resync {}", c.id));
+        fn gate_resync(&self, containers: &[Container]) {
+            for c in containers.iter().filter(|c| self.is_gated(c)) {
+                self.record(format!("resync {}", c.id));
+            }
         }
-        fn gate_forget(&self, id: &str) {
+        fn forget(&self, id: &str) {
             self.record(format!("forget {id}"));
         }
     }
@@ -904,7 +932,7 @@ mod tests {
             .unwrap();
         assert_eq!(rx.recv().await.as_deref(), Some("c1"));
         tokio::task::yield_now().await;
-        assert_eq!(fake.calls(), vec!["run postStart c1 3s"]);
+        assert_eq!(fake.calls(), vec!["started c1", "run postStart c1 3s"]);
         assert_eq!(core.containers()[0].state, ContainerState::Running);
     }
 
@@ -937,7 +965,7 @@ mod tests {
         // The container never exits by itself: SIGTERM, then SIGKILL after the 7 s grace period.
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            if fake.calls().len() >= 3 {
+            if fake.calls().len() >= 4 {
                 break;
             }
         }

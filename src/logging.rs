@@ -113,8 +113,14 @@ impl Logging {
             .with_ansi(false)
             .with_target(false);
         // Only fails when a subscriber is already installed (tests); then keep that one.
-        let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
-        Logging { sink, filter: handle }
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt)
+            .try_init();
+        Logging {
+            sink,
+            filter: handle,
+        }
     }
 
     /// Changes the level filter (`info`, `debug`, `nri_lifecycle=trace`, ...).
