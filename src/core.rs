@@ -971,7 +971,12 @@ mod tests {
         }
         assert_eq!(
             fake.calls(),
-            vec!["run postStart c1 30s", "signal c1 15", "signal c1 9"]
+            vec![
+                "started c1",
+                "run postStart c1 30s",
+                "signal c1 15",
+                "signal c1 9"
+            ]
         );
         assert_eq!(
             std::fs::read_to_string(&log).unwrap(),
