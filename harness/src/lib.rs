@@ -8,6 +8,7 @@
 //! - [`node`]: one private containerd: config, start with only fds 0–2, wait for CRI, image
 //!   import, teardown (by PID, cgroup, mount), leftover check, cleanup of interrupted runs.
 //! - [`net`]: the CNI bridge on a private /24, the safety route, `ip_forward` restore.
+//! - [`plugin`]: the plugin in external mode, recognising its registration.
 //! - [`cri`]: the CRI client (RunPodSandbox ... RemovePodSandbox, ExecSync, logs).
 //! - [`sys`]: small OS helpers (locks, /proc, cgroups, mounts).
 //!
@@ -17,6 +18,7 @@ pub mod cri;
 pub mod install;
 pub mod net;
 pub mod node;
+pub mod plugin;
 pub mod sys;
 
 pub use cri::{ContainerSpec, Cri, CriError, ExecResult, Pod, PodSpec};

@@ -8,6 +8,7 @@
 //!       --ignore-term. Without --http it only sleeps. Either way it never exits by itself.
 //!       `GET /status/NNN` answers with status NNN; every other path answers 200.
 //!   testapp write FILE TEXT...   append the words and a newline to FILE, then exit 0
+//!                                (`{now}` in the text becomes the current unix time)
 //!   testapp echo TEXT...         print the words to stdout, then exit 0
 //!   testapp exit CODE            exit with CODE
 //!   testapp now                  print the current unix time, then exit 0
@@ -166,7 +167,7 @@ fn main() {
             let Some(path) = args.get(1) else {
                 die("usage: write FILE TEXT...")
             };
-            let text = format!("{}\n", args[2..].join(" "));
+            let text = format!("{}\n", args[2..].join(" ").replace("{now}", &now()));
             if let Err(e) = append(path, &text) {
                 die(&format!("cannot write {path}: {e}"));
             }
