@@ -170,6 +170,15 @@ impl Install {
     pub fn run_dir(&self) -> PathBuf {
         self.cache.join("run")
     }
+
+    /// Where the node-slot locks and the saved `ip_forward` live. Machine-wide (not per
+    /// checkout), because slots own machine-wide things: bridge names and subnets.
+    /// `NRI_HARNESS_LOCK_DIR` overrides it.
+    pub fn lock_dir(&self) -> PathBuf {
+        std::env::var_os("NRI_HARNESS_LOCK_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/run/nri-harness"))
+    }
 }
 
 /// The image references of the local test images.

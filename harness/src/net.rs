@@ -168,14 +168,14 @@ impl PodNetwork {
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
-fn forward_file(run_dir: &Path) -> PathBuf {
-    run_dir.join("ip_forward.orig")
+fn forward_file(lock_dir: &Path) -> PathBuf {
+    lock_dir.join("ip_forward.orig")
 }
 
 /// Remembers `ip_forward` as it was before the first of our nodes started.
-pub fn remember_ip_forward(run_dir: &Path) -> Result<(), NetError> {
-    let _guard = sys::lock(&run_dir.join(".net.lock"))?;
-    let f = forward_file(run_dir);
+pub fn remember_ip_forward(lock_dir: &Path) -> Result<(), NetError> {
+    let _guard = sys::lock(&lock_dir.join(".net.lock"))?;
+    let f = forward_file(lock_dir);
     if !f.exists() {
         let v = std::fs::read_to_string(IP_FORWARD).unwrap_or_else(|_| "0".to_string());
         let _ = std::fs::write(&f, v.trim());
@@ -184,12 +184,12 @@ pub fn remember_ip_forward(run_dir: &Path) -> Result<(), NetError> {
 }
 
 /// Puts `ip_forward` back when no other node of ours is running.
-pub fn restore_ip_forward(run_dir: &Path, active_elsewhere: bool) -> Result<(), NetError> {
-    let _guard = sys::lock(&run_dir.join(".net.lock"))?;
+pub fn restore_ip_forward(lock_dir: &Path, active_elsewhere: bool) -> Result<(), NetError> {
+    let _guard = sys::lock(&lock_dir.join(".net.lock"))?;
     if active_elsewhere {
         return Ok(());
     }
-    let f = forward_file(run_dir);
+    let f = forward_file(lock_dir);
     if let Ok(v) = std::fs::read_to_string(&f) {
         let _ = std::fs::write(IP_FORWARD, v.trim());
         let _ = std::fs::remove_file(&f);

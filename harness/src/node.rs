@@ -300,10 +300,12 @@ impl Node {
                 source: std::io::Error::other(e.to_string()),
             })??;
         let run_dir = install.run_dir();
+        let lock_dir = install.lock_dir();
         prep(&run_dir)?;
+        prep(&lock_dir)?;
         let mut taken = None;
         for slot in 0..MAX_SLOTS {
-            if let Some(lock) = sys::try_lock(&run_dir.join(format!("slot-{slot}.lock")))? {
+            if let Some(lock) = sys::try_lock(&lock_dir.join(format!("slot-{slot}.lock")))? {
                 taken = Some((slot, lock));
                 break;
             }
@@ -314,7 +316,7 @@ impl Node {
         let paths = NodePaths::for_slot(&run_dir, slot);
         let net = PodNetwork::for_slot(slot)?;
         // Whatever an interrupted run left in this slot.
-        teardown(&paths, &net, None, &run_dir, slot);
+        teardown(&paths, &net, None, &lock_dir, slot);
         let _ = std::fs::remove_dir_all(&paths.dir);
 
         let mut node = Node {
@@ -386,7 +388,7 @@ impl Node {
             &p.config,
             &config_toml(self.version, &self.install, p, opts),
         )?;
-        net::remember_ip_forward(&self.install.run_dir())?;
+        net::remember_ip_forward(&self.install.lock_dir())?;
         self.net.add_safety_route()?;
         Ok(())
     }
@@ -610,8 +612,8 @@ impl Node {
             let _ = cri.remove_all_pods().await;
         }
         let child = self.child.take();
-        let run_dir = self.install.run_dir();
-        teardown(&self.paths, &self.net, child, &run_dir, self.slot);
+        let lock_dir = self.install.lock_dir();
+        teardown(&self.paths, &self.net, child, &lock_dir, self.slot);
         self.torn_down = true;
         let what = leftovers(&self.paths, &self.net);
         if what.is_empty() {
@@ -633,7 +635,7 @@ impl Drop for Node {
                 &self.paths,
                 &self.net,
                 child,
-                &self.install.run_dir(),
+                &self.install.lock_dir(),
                 self.slot,
             );
         }
@@ -654,17 +656,17 @@ async fn wait_text(path: &Path, limit: Duration, pred: impl Fn(&str) -> bool) ->
     }
 }
 
-fn other_slots_active(run_dir: &Path, me: u8) -> bool {
+fn other_slots_active(lock_dir: &Path, me: u8) -> bool {
     (0..MAX_SLOTS).filter(|s| *s != me).any(|s| {
-        let lock = run_dir.join(format!("slot-{s}.lock"));
+        let lock = lock_dir.join(format!("slot-{s}.lock"));
         lock.exists() && matches!(sys::try_lock(&lock), Ok(None))
     })
 }
 
 /// Stops containerd, kills whatever the node left running, unmounts, removes the network
 /// and the node directory (logs kept). Best effort, never panics; used by stop, Drop and
-/// the cleanup entry point.
-pub fn teardown(p: &NodePaths, net: &PodNetwork, child: Option<Child>, run_dir: &Path, slot: u8) {
+/// the cleanup entry point. `lock_dir` holds the slot locks and the saved `ip_forward`.
+pub fn teardown(p: &NodePaths, net: &PodNetwork, child: Option<Child>, lock_dir: &Path, slot: u8) {
     // containerd itself.
     match child {
         Some(mut c) => {
@@ -731,7 +733,7 @@ pub fn teardown(p: &NodePaths, net: &PodNetwork, child: Option<Child>, run_dir: 
         }
     }
     net.teardown();
-    let _ = net::restore_ip_forward(run_dir, other_slots_active(run_dir, slot));
+    let _ = net::restore_ip_forward(lock_dir, other_slots_active(lock_dir, slot));
     // Everything but the logs.
     if let Ok(rd) = std::fs::read_dir(&p.dir) {
         for e in rd.flatten() {
@@ -781,21 +783,20 @@ pub fn leftovers(p: &NodePaths, net: &PodNetwork) -> Vec<String> {
 /// it cleaned.
 pub fn cleanup_all(install: &Install) -> Result<Vec<u8>, NodeError> {
     let run_dir = install.run_dir();
+    let lock_dir = install.lock_dir();
     let mut cleaned = Vec::new();
-    if !run_dir.exists() {
-        return Ok(cleaned);
-    }
+    prep(&lock_dir)?;
     for slot in 0..MAX_SLOTS {
-        let lock_path = run_dir.join(format!("slot-{slot}.lock"));
+        let lock_path = lock_dir.join(format!("slot-{slot}.lock"));
         let paths = NodePaths::for_slot(&run_dir, slot);
-        if !lock_path.exists() && !paths.dir.exists() {
+        let net = PodNetwork::for_slot(slot)?;
+        if !paths.dir.exists() && !net.bridge_exists() && !net.route_exists() {
             continue;
         }
         let Some(_lock) = sys::try_lock(&lock_path)? else {
             continue;
         };
-        let net = PodNetwork::for_slot(slot)?;
-        teardown(&paths, &net, None, &run_dir, slot);
+        teardown(&paths, &net, None, &lock_dir, slot);
         cleaned.push(slot);
     }
     Ok(cleaned)
