@@ -701,15 +701,22 @@ pub fn teardown(p: &NodePaths, net: &PodNetwork, child: Option<Child>, lock_dir:
     // executable lives in our plugin directory).
     let dir = p.dir.to_string_lossy().into_owned();
     let pids = sys::processes_mentioning(&dir);
+    // A shim killed here cannot remove its own socket (outside our directory): note the
+    // sockets it holds and remove them once it is gone.
+    let shim_sockets: Vec<PathBuf> = pids.iter().flat_map(|p| sys::socket_paths_of(*p)).collect();
     for pid in &pids {
         sys::kill(*pid, libc::SIGKILL);
     }
     sys::wait_gone(&pids, Duration::from_secs(5));
+    for s in shim_sockets {
+        let _ = std::fs::remove_file(s);
+    }
     // Container processes: everything in the node's cgroup parent.
     for _ in 0..50 {
         let pids: Vec<i32> = sys::cgroup_dirs(&p.cgroup_name)
             .iter()
             .flat_map(|d| sys::cgroup_pids(d))
+            .filter(|p| sys::alive(*p))
             .collect();
         if pids.is_empty() {
             break;

@@ -260,3 +260,55 @@ pub fn sockets_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Paths of the unix sockets a process holds open (from its fds and /proc/net/unix).
+pub fn socket_paths_of(pid: i32) -> Vec<PathBuf> {
+    let mut inodes = std::collections::HashSet::new();
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in rd.flatten() {
+            if let Ok(target) = std::fs::read_link(e.path()) {
+                let t = target.to_string_lossy();
+                if let Some(ino) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                    inodes.insert(ino.to_string());
+                }
+            }
+        }
+    }
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match (f.get(6), f.get(7)) {
+                (Some(ino), Some(path)) if inodes.contains(*ino) && path.starts_with('/') => {
+                    Some(PathBuf::from(path))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_path_of_a_listening_socket() {
+        let dir = std::env::temp_dir().join(format!("nri-harness-sys-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("l.sock");
+        let _ = std::fs::remove_file(&path);
+        let _l = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let found = socket_paths_of(std::process::id() as i32);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(found.contains(&path), "{found:?}");
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mount("/a\\040b"), "/a b");
+        assert_eq!(unescape_mount("/plain"), "/plain");
+    }
+}
