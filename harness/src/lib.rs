@@ -1,1 +1,40 @@
-//! The private-node harness.
+//! nri-harness: a private containerd node driven over CRI the way a kubelet drives it, for
+//! the end-to-end tests, the demo and the benchmarks of nri-lifecycle.
+//!
+//! # Layout
+//!
+//! - [`install`]: where containerd 1.7/2.1, the CNI plugins, the test binary and the image
+//!   tars live (`.cache/harness`, filled by `harness/scripts/setup.sh`, run on demand).
+//! - [`node`]: one private containerd: config, start with only fds 0–2, wait for CRI, image
+//!   import, teardown (by PID, cgroup, mount), leftover check, cleanup of interrupted runs.
+//! - [`net`]: the CNI bridge on a private /24, the safety route, `ip_forward` restore.
+//! - [`plugin`]: the plugin in external mode, recognising its registration.
+//! - [`cri`]: the CRI client (RunPodSandbox ... RemovePodSandbox, ExecSync, logs).
+//! - [`sys`]: small OS helpers (locks, /proc, cgroups, mounts).
+//!
+//! Everything needs root; [`require_root`] says so loudly.
+
+pub mod cri;
+pub mod install;
+pub mod net;
+pub mod node;
+pub mod plugin;
+pub mod sys;
+
+pub use cri::{ContainerSpec, Cri, CriError, ExecResult, Pod, PodSpec};
+pub use install::{images, Install, Version};
+pub use node::{Node, NodeError, NodeOptions, PluginMode};
+
+/// Returns false, after printing a loud notice, when not running as root. Tests use it to
+/// skip; CI runs as root, so nothing is skipped there.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return true;
+    }
+    eprintln!(
+        "\n!!!!! SKIPPED {test}: needs root (uid 0) to run a private containerd; uid is {uid} !!!!!\n"
+    );
+    false
+}
