@@ -90,10 +90,15 @@ pub struct NodeOptions {
     pub images: Vec<String>,
 }
 
+/// The plugin config a node gets unless a test says otherwise: everything of the plugin's
+/// stays inside the node's directory.
+pub const DEFAULT_PLUGIN_CONFIG: &str =
+    "log_file = \"{plugin_log}\"\nlog_level = \"debug\"\nruntime_dir = \"{dir}/plugin-run\"\n";
+
 impl Default for NodeOptions {
     fn default() -> Self {
         NodeOptions {
-            plugin_config: None,
+            plugin_config: Some(DEFAULT_PLUGIN_CONFIG.to_string()),
             registration_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(2),
             log_level: "info".to_string(),

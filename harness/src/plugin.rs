@@ -37,7 +37,7 @@ pub fn external_args(socket: &Path) -> Vec<String> {
         socket.to_string_lossy().into_owned(),
         "--name".into(),
         EXTERNAL_NAME.into(),
-        "--idx".into(),
+        "--index".into(),
         EXTERNAL_INDEX.into(),
     ]
 }
@@ -53,8 +53,18 @@ pub struct ExternalPlugin {
 impl ExternalPlugin {
     /// Starts `binary` with [`external_args`] for the node's NRI socket, output to
     /// `logs/nri-lifecycle-external.log` in the node directory.
+    /// The node's plugin config file, when it has one, is passed with `--config`.
     pub fn spawn(binary: &Path, node: &Node) -> Result<ExternalPlugin, PluginError> {
-        ExternalPlugin::spawn_with(binary, &external_args(node.nri_socket()), node)
+        let mut args = external_args(node.nri_socket());
+        let config = node
+            .paths()
+            .plugin_config_dir
+            .join(format!("{}.conf", crate::node::PLUGIN_FILE));
+        if config.exists() {
+            args.push("--config".into());
+            args.push(config.to_string_lossy().into_owned());
+        }
+        ExternalPlugin::spawn_with(binary, &args, node)
     }
 
     /// Starts `binary` with the given arguments.
@@ -126,11 +136,16 @@ impl Drop for ExternalPlugin {
 }
 
 /// Whether containerd's log shows that a plugin whose name contains `name` registered
-/// (the NRI adaptation logs "synchronizing plugin NAME" right after registration).
+/// (or connected, for an external plugin).
 pub fn registered(containerd_log: &str, name: &str) -> bool {
-    containerd_log
-        .lines()
-        .any(|l| l.contains("synchronizing plugin") && l.contains(name))
+    // Pre-installed plugins are "registered as" (1.7 never synchronizes them: they start
+    // before any container exists); external ones are "connected" after their synchronization.
+    containerd_log.lines().any(|l| {
+        l.contains(name)
+            && (l.contains("synchronizing plugin")
+                || l.contains("registered as")
+                || (l.contains("plugin \\\"") && l.contains("connected")))
+    })
 }
 
 /// Waits until the plugin's registration shows in containerd's log, at most `limit`.

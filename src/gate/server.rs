@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -351,8 +352,18 @@ impl GateServers {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(sock_err(&path, e)),
             _ => {}
         }
+        // Bind through the directory's descriptor: `/proc/self/fd/N/gate.sock` stays short
+        // whatever the runtime directory and container id, while a socket path is limited to
+        // 107 bytes.
+        let dir_fd = fs::File::open(&dir).map_err(|e| sock_err(&dir, e))?;
+        let short = PathBuf::from(format!(
+            "/proc/self/fd/{}/{}",
+            dir_fd.as_raw_fd(),
+            protocol::SOCKET_NAME
+        ));
         let std_listener =
-            std::os::unix::net::UnixListener::bind(&path).map_err(|e| sock_err(&path, e))?;
+            std::os::unix::net::UnixListener::bind(&short).map_err(|e| sock_err(&path, e))?;
+        drop(dir_fd);
         // Non-root container users must be able to connect; the peer check does the rest.
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666))
             .map_err(|e| sock_err(&path, e))?;
