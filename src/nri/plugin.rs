@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::UnixStream;
-use ttrpc::asynchronous::transport::{Listener, Socket};
+use ttrpc::asynchronous::transport::Socket;
 
 use crate::nri::handler::Handler;
-use crate::nri::mux::{Mux, MuxError, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
+use crate::nri::mux::{one_connection, Mux, MuxError, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
 use crate::nri::service::{PluginService, Session, DEFAULT_REGISTRATION_TIMEOUT_MS};
 use crate::nri::wire::{api, api_ttrpc};
 
@@ -200,9 +200,7 @@ async fn serve_session(
 
     // Our service on connection 1: a listener that yields that one connection.
     let service = PluginService::new(Arc::clone(&handler), Arc::clone(session));
-    let listener = Listener::new(futures::stream::once(async move {
-        Ok::<_, io::Error>(plugin_conn)
-    }));
+    let listener = one_connection(plugin_conn);
     let mut server = ttrpc::r#async::Server::new()
         .register_service(api_ttrpc::create_plugin(Arc::new(service)))
         .add_listener(listener);
