@@ -19,12 +19,12 @@ use async_trait::async_trait;
 use thiserror::Error;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
-use ttrpc::asynchronous::transport::{Listener, Socket};
+use ttrpc::asynchronous::transport::Socket;
 use ttrpc::r#async::TtrpcContext;
 
 use crate::model::EventKind;
 use crate::nri::convert;
-use crate::nri::mux::{Mux, MuxError, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
+use crate::nri::mux::{one_connection, Mux, MuxError, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
 use crate::nri::wire::{api, api_ttrpc};
 
 /// Which runtime generation to imitate.
@@ -151,9 +151,7 @@ impl FakeRuntime {
             recorded: Arc::clone(&recorded),
             registered: reg_tx,
         };
-        let listener = Listener::new(futures::stream::once(async move {
-            Ok::<_, io::Error>(runtime_conn)
-        }));
+        let listener = one_connection(runtime_conn);
         let mut server = ttrpc::r#async::Server::new()
             .register_service(api_ttrpc::create_runtime(Arc::new(service)))
             .add_listener(listener);

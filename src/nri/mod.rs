@@ -10,8 +10,8 @@
 //! a 4-byte big-endian connection id, a 4-byte big-endian payload length and the payload.
 //! Connection 1 carries the `Plugin` service (the runtime is the client, we serve); connection 2
 //! carries the `Runtime` service (we are the client: `RegisterPlugin`, `UpdateContainers`).
-//! Connection 0 is reserved. A frame holds at most one ttrpc message (10-byte header plus
-//! 4 MiB). The runtime's reader hands each frame to a 4 KiB buffered reader and fails on larger
+//! Connection 0 is reserved. A frame's payload is at most the size of one maximal ttrpc message
+//! (10-byte header plus 4 MiB); we refuse bigger ones. The runtime's reader hands each frame to a 4 KiB buffered reader and fails on larger
 //! frames, so we cut what we send into frames of at most 4096 bytes.
 //!
 //! **Registration first.** The plugin speaks first: `RegisterPlugin` with its name and a

@@ -27,6 +27,7 @@ use tokio::io::{
 };
 use tokio::sync::{mpsc, watch, Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use ttrpc::asynchronous::transport::Listener;
 
 /// A logical connection id.
 pub type ConnId = u32;
@@ -165,6 +166,14 @@ impl Drop for Mux {
             task.abort();
         }
     }
+}
+
+/// A ttrpc listener that yields one multiplexed connection and then stays open (ttrpc's
+/// server expects its listener to outlive the connection until it is shut down).
+pub fn one_connection(conn: DuplexStream) -> Listener {
+    use futures::StreamExt as _;
+    let first = futures::stream::once(async move { Ok::<_, io::Error>(conn) });
+    Listener::new(first.chain(futures::stream::pending()))
 }
 
 /// Records the first way the mux ended.

@@ -7,15 +7,16 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::UnixStream;
-use ttrpc::asynchronous::transport::{Listener, Socket};
+use tokio::sync::watch;
+use ttrpc::asynchronous::transport::Socket;
 
 use crate::nri::handler::Handler;
-use crate::nri::mux::{Mux, MuxError, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
+use crate::nri::mux::{one_connection, Mux, MuxError, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
 use crate::nri::service::{PluginService, Session, DEFAULT_REGISTRATION_TIMEOUT_MS};
 use crate::nri::wire::{api, api_ttrpc};
 
@@ -104,26 +105,38 @@ impl Registration {
 
 /// Calls back to the runtime over the current connection, if any. Clone freely; it follows
 /// reconnections of [`run_external`] and [`serve_linked`].
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RuntimeLink {
-    client: Arc<Mutex<Option<api_ttrpc::RuntimeClient>>>,
+    client: Arc<watch::Sender<Option<api_ttrpc::RuntimeClient>>>,
+}
+
+impl Default for RuntimeLink {
+    fn default() -> Self {
+        RuntimeLink {
+            client: Arc::new(watch::channel(None).0),
+        }
+    }
 }
 
 impl RuntimeLink {
     fn set(&self, client: Option<api_ttrpc::RuntimeClient>) {
-        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = client;
+        self.client.send_replace(client);
     }
 
     fn get(&self) -> Option<api_ttrpc::RuntimeClient> {
-        self.client
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.client.borrow().clone()
     }
 
     /// True while a registered runtime connection is up.
     pub fn is_connected(&self) -> bool {
-        self.get().is_some()
+        self.client.borrow().is_some()
+    }
+
+    /// Resolves once a runtime connection is registered (at once if it already is).
+    pub async fn connected(&self) {
+        let mut rx = self.client.subscribe();
+        // The sender lives in `self`, so waiting cannot fail.
+        let _ = rx.wait_for(Option::is_some).await;
     }
 
     /// Asks the runtime to stop a container (NRI eviction), giving the reason users see.
@@ -200,9 +213,7 @@ async fn serve_session(
 
     // Our service on connection 1: a listener that yields that one connection.
     let service = PluginService::new(Arc::clone(&handler), Arc::clone(session));
-    let listener = Listener::new(futures::stream::once(async move {
-        Ok::<_, io::Error>(plugin_conn)
-    }));
+    let listener = one_connection(plugin_conn);
     let mut server = ttrpc::r#async::Server::new()
         .register_service(api_ttrpc::create_plugin(Arc::new(service)))
         .add_listener(listener);
