@@ -643,10 +643,7 @@ impl Core {
             }
         }
         self.inner.effects.gate_resync(&containers);
-        info!(
-            containers = containers.len(),
-            "synchronized with the runtime"
-        );
+        debug!(containers = containers.len(), "container table rebuilt");
     }
 }
 
@@ -677,13 +674,6 @@ impl Handler for Core {
     }
 
     async fn configure(&self, info: RuntimeInfo) {
-        info!(
-            runtime = %info.runtime_name,
-            version = %info.runtime_version,
-            nri = %info.nri_version,
-            request_timeout_ms = info.request_timeout_ms,
-            "configured by the runtime"
-        );
         let mut guard = match self.inner.runtime.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),

@@ -106,7 +106,8 @@ impl Logging {
         let sink = Arc::new(LogSink {
             target: Mutex::new(Target::Buffer(Vec::new())),
         });
-        let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+        let filter =
+            EnvFilter::try_new(filter_directives(level)).unwrap_or_else(|_| EnvFilter::new("info"));
         let (filter, handle) = reload::Layer::new(filter);
         let fmt = tracing_subscriber::fmt::layer()
             .with_writer(SinkWriter(sink.clone()))
@@ -125,7 +126,7 @@ impl Logging {
 
     /// Changes the level filter (`info`, `debug`, `nri_lifecycle=trace`, ...).
     pub fn set_level(&self, level: &str) {
-        if let Ok(filter) = EnvFilter::try_new(level) {
+        if let Ok(filter) = EnvFilter::try_new(filter_directives(level)) {
             let _ = self.filter.reload(filter);
         }
     }
@@ -140,5 +141,28 @@ impl Logging {
                 Ok(())
             }
         }
+    }
+}
+
+/// A bare level (`debug`) applies to this plugin only; the libraries it uses stay at `warn`
+/// (their debug output is HTTP/2 frames, not what an operator asks for). Full filter
+/// directives (`h2=debug,info`) are taken as written.
+fn filter_directives(level: &str) -> String {
+    let level = level.trim();
+    if level.contains('=') || level.contains(',') {
+        level.to_string()
+    } else {
+        format!("warn,nri_lifecycle={level}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter_directives;
+
+    #[test]
+    fn bare_levels_are_ours_only() {
+        assert_eq!(filter_directives("debug"), "warn,nri_lifecycle=debug");
+        assert_eq!(filter_directives("h2=debug,info"), "h2=debug,info");
     }
 }

@@ -456,6 +456,27 @@ impl Cri {
         })
     }
 
+    /// The host PID of the container's init process (ContainerStatus verbose info), 0 when
+    /// the runtime does not say.
+    pub async fn container_pid(&mut self, id: &str) -> Result<u32, CriError> {
+        let r = call(
+            "ContainerStatus",
+            self.rt.container_status(cri::ContainerStatusRequest {
+                container_id: id.to_string(),
+                verbose: true,
+            }),
+        )
+        .await?;
+        let pid = r
+            .info
+            .get("info")
+            .and_then(|info| serde_json::from_str::<serde_json::Value>(info).ok())
+            .and_then(|v| v.get("pid").and_then(serde_json::Value::as_u64))
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or(0);
+        Ok(pid)
+    }
+
     /// Waits until the container is in `want`, at most `limit`.
     pub async fn wait_state(
         &mut self,
