@@ -428,3 +428,97 @@ fn plugin_pid(node: &Node) -> i32 {
     }
     panic!("no plugin process under containerd {ppid}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_container_cannot_trigger_a_prestop() {
+    if !nri_harness::require_root("another_container_cannot_trigger_a_prestop") {
+        return;
+    }
+    let v = Version::V2_1;
+    let node = node(v).await;
+    let mut cri = node.cri().await.expect("cri");
+    // B: the victim, whose PreStop leaves a mark.
+    let victim = start_app(
+        &node,
+        &mut cri,
+        "victim",
+        &[(
+            "prestop.lifecycle.nri.io/container.app",
+            r#"{"exec":{"command":["/testapp","write","/shared/prestop","{now}"]}}"#,
+        )],
+        false,
+        &[],
+    )
+    .await;
+    let socket_dir = node
+        .paths()
+        .dir
+        .join("plugin-run/gate/containers")
+        .join(&victim.id);
+    assert!(
+        socket_dir.join("gate.sock").exists(),
+        "victim's socket at {}",
+        socket_dir.display()
+    );
+    // A: a gated container that was given (as a hostile hostPath mount) B's socket directory,
+    // and uses the gate binary as a client to ask for B's PreStop.
+    let pod = cri
+        .run_pod(
+            &PodSpec::new("attacker")
+                .annotation("prestop.lifecycle.nri.io/pod", r#"{"sleep":{"seconds":0}}"#),
+        )
+        .await
+        .expect("run pod");
+    let spec = ContainerSpec::new("attacker", images::BUSYBOX, &["sleep", "3600"]).mount(
+        &socket_dir,
+        "/evil",
+        false,
+    );
+    let attacker = cri.create_container(&pod, &spec).await.expect("create");
+    cri.start_container(&attacker).await.expect("start");
+    cri.wait_state(
+        &attacker,
+        ContainerState::ContainerRunning,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("running");
+    let out = cri
+        .exec_sync(
+            &attacker,
+            &[
+                "sh",
+                "-c",
+                "/.nri-lifecycle/gate --socket /evil/gate.sock --timeout-ms 3000 -- sleep 30 & p=$!; sleep 0.5; kill -TERM $p; wait $p; echo rc=$?",
+            ],
+            30,
+        )
+        .await
+        .expect("exec");
+    assert!(
+        out.stdout.contains("rc=143"),
+        "the attacker's child was not stopped: {out:?}"
+    );
+    assert!(
+        !victim.shared.join("prestop").exists(),
+        "a process in another container ran the victim's PreStop\n{}",
+        node.plugin_log()
+    );
+    // The victim's own stop still runs its PreStop, once.
+    cri.stop_container(&victim.id, 30)
+        .await
+        .expect("stop victim");
+    assert!(
+        victim.shared.join("prestop").exists(),
+        "victim's PreStop did not run at its own stop\n{}",
+        node.plugin_log()
+    );
+    cri.stop_container(&attacker, 10)
+        .await
+        .expect("stop attacker");
+    cri.remove_container(&attacker).await.expect("remove");
+    cri.delete_pod(&pod).await.expect("delete pod");
+    finish(&mut cri, victim).await;
+    drop(cri);
+    node.stop().await.unwrap_or_else(|e| panic!("{v}: {e}"));
+}
