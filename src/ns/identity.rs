@@ -520,7 +520,9 @@ CapEff:\t0000000000000400\nCapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000400\
         let sys = proc_fake()
             .file("/proc/9/uid_map", "         0     100000      65536\n")
             .file("/proc/9/gid_map", "0 100000 65536\n");
-        let status = STATUS.replace("1000\t1000\t1000\t1000", "101000\t101000\t101000\t101000");
+        let status = STATUS
+            .replace("1000\t1000\t1000\t1000", "101000\t101000\t101000\t101000")
+            .replace("1001\t1001\t1001\t1001", "101001\t101001\t101001\t101001");
         let sys = FakeSys {
             files: {
                 let mut f = sys.files;
