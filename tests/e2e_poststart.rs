@@ -73,7 +73,7 @@ async fn poststart_exec_runs_inside_the_container() {
         assert!(
             done.is_some(),
             "{v}: the hook did not run:\n{}",
-            node.plugin_log()
+            diag(&node)
         );
         let pid = cri.container_pid(&id).await.expect("pid");
         // Same namespaces as the container's init.
@@ -148,8 +148,8 @@ async fn poststart_http_sleep_and_tcp_on_distroless() {
             t.contains("GET /started?x=1")
         })
         .await;
-        let log = log
-            .unwrap_or_else(|| panic!("{v}: no request reached the pod:\n{}", node.plugin_log()));
+        let log =
+            log.unwrap_or_else(|| panic!("{v}: no request reached the pod:\n{}", diag(&node)));
         let lower = log.to_lowercase();
         assert!(lower.contains("x-hook: poststart"), "{v}: {log}");
         assert!(lower.contains("user-agent: nri-lifecycle/"), "{v}: {log}");
@@ -173,7 +173,7 @@ async fn poststart_http_sleep_and_tcp_on_distroless() {
             assert!(
                 ok.is_some(),
                 "{v}: {handler} hook did not succeed:\n{}",
-                node.plugin_log()
+                diag(&node)
             );
             let st = cri.container_status(&id).await.expect("status");
             assert_eq!(
@@ -227,8 +227,8 @@ async fn failed_poststart_stops_the_container_with_a_message() {
             !t.is_empty()
         })
         .await;
-        let message = message
-            .unwrap_or_else(|| panic!("{v}: no termination message:\n{}", node.plugin_log()));
+        let message =
+            message.unwrap_or_else(|| panic!("{v}: no termination message:\n{}", diag(&node)));
         assert!(
             message.starts_with("PostStart hook failed: "),
             "{v}: {message}"
@@ -256,17 +256,13 @@ async fn failed_poststart_stops_the_container_with_a_message() {
             .annotation("io.kubernetes.pod.terminationGracePeriod", "3");
         let (pod, id) = run(&mut cri, "hanging", &spec).await;
         let started = wait_until(Duration::from_secs(10), || sleep_running("3602")).await;
-        assert!(
-            started,
-            "{v}: the hook never started:\n{}",
-            node.plugin_log()
-        );
+        assert!(started, "{v}: the hook never started:\n{}", diag(&node));
         let message = wait_file(&termination_log(&pod), Duration::from_secs(20), |t| {
             !t.is_empty()
         })
         .await;
-        let message = message
-            .unwrap_or_else(|| panic!("{v}: hanging hook not failed:\n{}", node.plugin_log()));
+        let message =
+            message.unwrap_or_else(|| panic!("{v}: hanging hook not failed:\n{}", diag(&node)));
         assert!(message.contains("timed out"), "{v}: {message}");
         // The timeout killed the hook's whole tree (the container, PID 1 ignoring SIGTERM, is
         // still within its grace period here).
@@ -298,4 +294,20 @@ async fn wait_until(limit: Duration, pred: impl Fn() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     pred()
+}
+
+/// What to show when a hook did not do what it should: the plugin's log and containerd's
+/// lines about NRI plugins.
+fn diag(node: &Node) -> String {
+    let containerd: Vec<String> = node
+        .containerd_log()
+        .lines()
+        .filter(|l| l.contains("plugin") && !l.contains("loading plugin") && !l.contains("skip"))
+        .map(str::to_string)
+        .collect();
+    format!(
+        "plugin log:\n{}\ncontainerd about plugins:\n{}",
+        node.plugin_log(),
+        containerd.join("\n")
+    )
 }

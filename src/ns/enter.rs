@@ -246,11 +246,24 @@ pub fn spawn(
         .iter()
         .map(|a| cstring("command", pid, a.as_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
-    let env_c = identity
+    let mut env_c = identity
         .env
         .iter()
         .map(|e| cstring("environment", pid, e.as_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
+    // Like `runc exec`: a process without HOME gets the home directory of its uid from the
+    // container's /etc/passwd, else "/".
+    if !identity.env.iter().any(|e| e.starts_with("HOME=")) {
+        let home = read_in_root(&root, "etc/passwd", 256 * 1024)
+            .ok()
+            .and_then(|text| home_of(&text, identity.uid))
+            .unwrap_or_else(|| "/".to_string());
+        env_c.push(cstring(
+            "environment",
+            pid,
+            format!("HOME={home}").as_bytes(),
+        )?);
+    }
     let candidates = candidates(arg0, identity.path_var())
         .iter()
         .map(|c| cstring("command path", pid, c.as_bytes()))
@@ -746,5 +759,61 @@ mod tests {
     fn steps_have_names() {
         assert_eq!(STEPS[S_SETNS as usize], "setns");
         assert_eq!(STEPS[S_SETSID as usize], "setsid");
+    }
+}
+
+/// Reads a file of the container, resolving `path` (and every symlink on the way) inside
+/// the container's root `root`, never on the host; at most `limit` bytes.
+fn read_in_root(root: &OwnedFd, path: &str, limit: usize) -> io::Result<String> {
+    use std::io::Read;
+    let c = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open_how is a plain C struct of integers; all-zero is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: openat2 with a valid directory fd, a C string and a correctly sized open_how
+    // that outlives the call; returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: freshly opened by the kernel for us, owned by nobody else.
+    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut text = String::new();
+    file.take(limit as u64).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The home directory of `uid` in passwd(5) text.
+fn home_of(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 7 && fields[2].parse::<u32>().ok() == Some(uid) && !fields[5].is_empty())
+            .then(|| fields[5].to_string())
+    })
+}
+
+#[cfg(test)]
+mod home_tests {
+    use super::home_of;
+
+    #[test]
+    fn home_from_passwd() {
+        let passwd =
+            "root:x:0:0:root:/root:/bin/sh\nweb:x:1000:1000::/srv/web:/bin/false\nbad line\n";
+        assert_eq!(home_of(passwd, 0).as_deref(), Some("/root"));
+        assert_eq!(home_of(passwd, 1000).as_deref(), Some("/srv/web"));
+        assert_eq!(home_of(passwd, 7), None);
     }
 }
