@@ -9,7 +9,9 @@ CARGO       ?= cargo
 CACHE       ?= $(CURDIR)/.cache
 export NRI_HARNESS_CACHE := $(CACHE)
 
-RELEASE_BIN := target/release/nri-lifecycle
+CARGO_TARGET_DIR ?= $(CURDIR)/target
+export CARGO_TARGET_DIR
+RELEASE_BIN := $(CARGO_TARGET_DIR)/release/nri-lifecycle
 
 .PHONY: help build release deps test unit e2e demo bench install uninstall fmt lint clean cleanup-nodes
 
@@ -33,7 +35,7 @@ unit: ## unit tests only (no root, no containerd)
 	$(CARGO) test --workspace --lib
 
 demo: deps release ## a private containerd with the plugin, a pod with hooks, and what happened
-	$(CARGO) run --release -q -p nri-harness --bin demo -- --plugin $(RELEASE_BIN)
+	$(CARGO) run -q -p nri-harness --bin demo -- --plugin $(RELEASE_BIN)
 
 bench: deps release ## benchmarks, side by side in one run; writes BENCHMARKS.md
 	$(CARGO) run --release -q -p nri-harness --bin bench -- --plugin $(RELEASE_BIN) --output BENCHMARKS.md

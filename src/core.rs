@@ -445,7 +445,7 @@ impl Core {
             match outcome {
                 HookOutcome::Succeeded { output } => info!(
                     container = %id, %pod, name = %target.container.name, hook = "postStart",
-                    handler = spec.action.kind(), took_ms = took.as_secs_f64() * 1e3,
+                    handler = spec.action.kind(), took_ms = ms(took),
                     output = %output.trim_end(), "hook succeeded"
                 ),
                 _ => {
@@ -543,7 +543,7 @@ impl Core {
         };
         let outcome = self.inner.effects.run_hook(&spec, &target, timeout).await;
         let id = &target.container.id;
-        let took_ms = started.elapsed().as_secs_f64() * 1e3;
+        let took_ms = ms(started.elapsed());
         match outcome {
             HookOutcome::Succeeded { output } => {
                 info!(container = %id, name = %target.container.name, hook = "preStop",
@@ -649,6 +649,11 @@ impl Core {
         self.inner.effects.gate_resync(&containers);
         debug!(containers = containers.len(), "container table rebuilt");
     }
+}
+
+/// Milliseconds with two decimals, for logs.
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
 /// Writes the kubelet-style termination message into the container's termination-log file on
