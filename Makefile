@@ -58,7 +58,7 @@ lint: ## formatting and clippy checks
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 cleanup-nodes: ## remove leftovers of an interrupted end-to-end run (processes, mounts, netns, bridge)
-	bash harness/scripts/cleanup.sh
+	$(CARGO) run -q -p nri-harness --bin cleanup
 
 clean: ## remove build output (keeps the download cache)
 	$(CARGO) clean
