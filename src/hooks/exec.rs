@@ -45,9 +45,19 @@ async fn pump(
         }
     };
     tokio::pin!(sleep);
+    // Wait on a pidfd of the helper (our own child, so its PID cannot be recycled before we
+    // reap it): epoll readiness, with no dependence on SIGCHLD delivery to the runtime.
+    let helper = child.id().and_then(|pid| PidFd::open(pid).ok());
+    let exited = async {
+        if let Some(h) = &helper {
+            let _ = h.exited().await;
+        }
+        child.wait().await
+    };
+    tokio::pin!(exited);
     let status = loop {
         tokio::select! {
-            status = child.wait() => break status,
+            status = &mut exited => break status,
             n = rx.read(&mut buf), if !eof => match n {
                 Ok(0) | Err(_) => eof = true,
                 Ok(n) => tail.push(&buf[..n]),

@@ -283,10 +283,17 @@ pub fn from_proc(sys: &dyn Sys, pid: u32, userns: bool) -> Result<Identity, Erro
         .map(|e| String::from_utf8_lossy(e).into_owned())
         .collect();
     let cwd_path = PathBuf::from(format!("/proc/{pid}/cwd"));
-    let cwd = sys
-        .read_link(&cwd_path)
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "/".to_string());
+    // Both links are shown from our root: the container's cwd is relative to its root.
+    let root = sys
+        .read_link(Path::new(&format!("/proc/{pid}/root")))
+        .unwrap_or_else(|_| PathBuf::from("/"));
+    let cwd = match sys.read_link(&cwd_path) {
+        Ok(p) => match p.strip_prefix(&root) {
+            Ok(rel) => format!("/{}", rel.to_string_lossy()),
+            Err(_) => p.to_string_lossy().into_owned(),
+        },
+        Err(_) => "/".to_string(),
+    };
     let cgroups = cgroups_of(sys, pid)?;
     Ok(Identity {
         uid,
@@ -457,7 +464,8 @@ CapEff:\t0000000000000400\nCapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000400\
                 "/proc/9/cgroup",
                 "12:cpu,cpuacct:/pod/c1\n1:name=systemd:/pod/c1\n0::/pod/c1\n",
             )
-            .link("/proc/9/cwd", "/work")
+            .link("/proc/9/cwd", "/rootfs/work")
+            .link("/proc/9/root", "/rootfs")
     }
 
     #[test]

@@ -1,0 +1,526 @@
+//! Root integration tests of the hook runners, without containerd.
+//!
+//! Each test builds a "container": a busybox root filesystem in a temporary directory, a
+//! cgroup in every v1 hierarchy (and the unified one), new mount/pid/net/ipc/uts/cgroup
+//! namespaces (util-linux `unshare`, chroot with `--root`), a non-root user with extra groups,
+//! reduced capability sets and no_new_privs (util-linux `setpriv`). The hooks then report what
+//! they see from inside, and that is compared with the container's init as seen from here.
+//! HTTP and TCP traffic only goes to a server inside the network namespace the test created.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::os::unix::fs::{symlink, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nri_lifecycle::annotations::{Action, HookSpec, HttpGet, Phase, Scheme};
+use nri_lifecycle::hooks::{run_hook, Limits, Outcome, Target};
+use nri_lifecycle::model::ProcessSpec;
+
+const POD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const APPLETS: &[&str] = &[
+    "sh", "sleep", "cat", "echo", "ls", "pwd", "env", "yes", "head", "mount", "hostname", "ip",
+    "true", "false", "touch", "id", "setsid",
+];
+
+fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("!!! hooks_runners tests need root (namespaces, cgroups): NOT RUN");
+        panic!("hooks_runners tests need root");
+    }
+    true
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+struct Container {
+    unshare: Child,
+    init: u32,
+    _root: tempfile::TempDir,
+    root_path: PathBuf,
+    cgroups: Vec<PathBuf>,
+}
+
+impl Container {
+    fn start() -> Container {
+        require_root();
+        let root = tempfile::Builder::new()
+            .prefix("nrilc-root")
+            .tempdir()
+            .unwrap();
+        let r = root.path().to_path_buf();
+        for d in [
+            "bin",
+            "proc",
+            "tmp",
+            "home/app",
+            "usr/bin",
+            "lib/x86_64-linux-gnu",
+            "lib64",
+        ] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
+        for a in APPLETS {
+            symlink("busybox", r.join("bin").join(a)).unwrap();
+        }
+        // util-linux setpriv (and what it links to) so the container can drop privileges
+        // after the chroot.
+        std::fs::copy("/usr/bin/setpriv", r.join("usr/bin/setpriv")).unwrap();
+        for lib in [
+            "/lib/x86_64-linux-gnu/libcap-ng.so.0",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+        ] {
+            let name = Path::new(lib).file_name().unwrap();
+            std::fs::copy(lib, r.join("lib/x86_64-linux-gnu").join(name)).unwrap();
+        }
+        std::fs::copy(
+            "/lib64/ld-linux-x86-64.so.2",
+            r.join("lib64/ld-linux-x86-64.so.2"),
+        )
+        .unwrap();
+
+        let name = format!(
+            "nrilc-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut cgroups = Vec::new();
+        for h in std::fs::read_dir("/sys/fs/cgroup").unwrap() {
+            let h = h.unwrap().path();
+            if !h.join("cgroup.procs").exists() {
+                continue;
+            }
+            let dir = h.join(&name);
+            std::fs::create_dir(&dir).unwrap();
+            if h.ends_with("cpuset") {
+                for f in ["cpuset.cpus", "cpuset.mems"] {
+                    let v = std::fs::read_to_string(h.join(f)).unwrap();
+                    std::fs::write(dir.join(f), v.trim()).unwrap();
+                }
+            }
+            cgroups.push(dir);
+        }
+        let join: String = cgroups
+            .iter()
+            .map(|d| format!("echo $$ > {}/cgroup.procs && ", d.display()))
+            .collect();
+        let inner = "mount -t proc proc /proc && hostname box && ip link set lo up && \
+            ip addr add 192.0.2.10/32 dev lo && \
+            exec env -i PATH=/usr/local/bin:/bin FOO=bar HOME=/home/app \
+            /usr/bin/setpriv --reuid 1000 --regid 1000 --groups 1000,2000 \
+            --bounding-set -all,+kill,+net_bind_service,+chown \
+            --inh-caps -all,+net_bind_service --ambient-caps +net_bind_service --nnp \
+            /bin/sh -c 'echo ready; exec sleep 100000'";
+        let script = format!(
+            "{join}exec unshare --mount --pid --net --ipc --uts --cgroup --fork \
+             --propagation private --root {} --wd /home/app /bin/sh -c \"{inner}\"",
+            r.display()
+        );
+        let mut unshare = Command::new("/bin/sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(unshare.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "container did not start");
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.id())).unwrap();
+        let init: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+        Container {
+            unshare,
+            init,
+            root_path: r,
+            _root: root,
+            cgroups,
+        }
+    }
+
+    fn target(&self) -> Target {
+        Target {
+            container_id: "c1".into(),
+            pid: self.init,
+            pod_ips: vec![IpAddr::V4(POD_IP)],
+            ..Default::default()
+        }
+    }
+
+    fn kill(&mut self) {
+        // SAFETY: SIGKILL to the init process this test started (it is still our
+        // descendant: the unshare child has not been reaped).
+        unsafe { libc::kill(self.init as i32, libc::SIGKILL) };
+        let _ = self.unshare.wait();
+    }
+
+    /// PIDs (host view) of the processes in the container's PID namespace.
+    fn processes(&self) -> Vec<u32> {
+        let ns = std::fs::metadata(format!("/proc/{}/ns/pid", self.init))
+            .map(|m| m.ino())
+            .unwrap_or(0);
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| {
+                std::fs::metadata(format!("/proc/{p}/ns/pid"))
+                    .map(|m| m.ino() == ns)
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.kill();
+        for d in &self.cgroups {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+fn exec(cmd: &[&str]) -> HookSpec {
+    HookSpec {
+        phase: Phase::PostStart,
+        key: "test".into(),
+        action: Action::Exec {
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+        },
+        timeout: Some(Duration::from_secs(20)),
+        stop_signal: None,
+    }
+}
+
+async fn ok_output(spec: &HookSpec, target: &Target) -> String {
+    match run_hook(spec, target, &Limits::default()).await {
+        Outcome::Succeeded { output } => output,
+        other => panic!("hook {:?} did not succeed: {other:?}", spec.action),
+    }
+}
+
+fn status_fields(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| ["Uid", "Gid", "Groups", "NoNewPrivs"].contains(k) || k.starts_with("Cap"))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn exec_hook_sees_the_container() {
+    let c = Container::start();
+    let t = c.target();
+
+    let status = ok_output(&exec(&["cat", "/proc/self/status"]), &t).await;
+    let want = std::fs::read_to_string(format!("/proc/{}/status", c.init)).unwrap();
+    let (got, want) = (status_fields(&status), status_fields(&want));
+    assert_eq!(got, want);
+    assert_eq!(got["Uid"], "1000\t1000\t1000\t1000");
+    assert_eq!(got["Groups"], "1000 2000");
+    assert_eq!(got["NoNewPrivs"], "1");
+    assert_ne!(got["CapAmb"], "0000000000000000");
+
+    let env = ok_output(&exec(&["cat", "/proc/self/environ"]), &t).await;
+    let want = std::fs::read_to_string(format!("/proc/{}/environ", c.init)).unwrap();
+    assert_eq!(env, want);
+    assert!(env.contains("FOO=bar"));
+
+    assert_eq!(ok_output(&exec(&["pwd"]), &t).await.trim(), "/home/app");
+    assert_eq!(ok_output(&exec(&["hostname"]), &t).await.trim(), "box");
+
+    let cg = ok_output(&exec(&["cat", "/proc/self/cgroup"]), &t).await;
+    let want_cg = std::fs::read_to_string(format!("/proc/{}/cgroup", c.init)).unwrap();
+    assert_eq!(cg.lines().count(), want_cg.lines().count());
+    for line in cg.lines() {
+        // inside the container's cgroup namespace its own cgroup is the root
+        assert!(
+            line.ends_with(":/"),
+            "hook not in the container's cgroup: {cg}"
+        );
+    }
+
+    let ls = ok_output(&exec(&["ls", "-l", "/proc/self/ns/"]), &t).await;
+    for kind in ["mnt", "pid", "net", "ipc", "uts", "cgroup", "user"] {
+        let ino = std::fs::metadata(format!("/proc/{}/ns/{kind}", c.init))
+            .unwrap()
+            .ino();
+        assert!(
+            ls.contains(&format!("{kind}:[{ino}]")),
+            "{kind} namespace differs: {ls}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn exec_hook_output_failure_and_path() {
+    let c = Container::start();
+    let t = c.target();
+    let out = ok_output(&exec(&["sh", "-c", "yes | head -c 20000; echo END"]), &t).await;
+    assert!(
+        out.starts_with("[output truncated: 20004 bytes"),
+        "{out:.80}"
+    );
+    assert!(out.ends_with("y\nEND\n"));
+
+    match run_hook(
+        &exec(&["sh", "-c", "echo oops >&2; exit 3"]),
+        &t,
+        &Limits::default(),
+    )
+    .await
+    {
+        Outcome::Failed { reason } => {
+            assert!(reason.contains("exited with 3"), "{reason}");
+            assert!(reason.contains("oops"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // a binary of the host that the container does not have is not found
+    match run_hook(&exec(&["hyperfine", "--version"]), &t, &Limits::default()).await {
+        Outcome::Failed { reason } => assert!(reason.contains("exec"), "{reason}"),
+        other => panic!("host binary ran: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn entering_failure_runs_nothing() {
+    let c = Container::start();
+    let mut t = c.target();
+    let marker = format!("/nrilc-marker-{}", std::process::id());
+    t.process = Some(ProcessSpec {
+        cwd: "/does/not/exist".into(),
+        ..Default::default()
+    });
+    match run_hook(&exec(&["touch", &marker]), &t, &Limits::default()).await {
+        Outcome::Failed { reason } => assert!(reason.contains("chdir"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!Path::new(&marker).exists());
+    assert!(!c.root_path.join(marker.trim_start_matches('/')).exists());
+
+    // a process that is gone cannot be entered: the container is reported gone
+    let mut gone = Command::new("/bin/true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let t = Target {
+        pid: dead,
+        ..c.target()
+    };
+    assert_eq!(
+        run_hook(&exec(&["touch", &marker]), &t, &Limits::default()).await,
+        Outcome::ContainerGone
+    );
+    assert!(!Path::new(&marker).exists());
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_tree() {
+    let c = Container::start();
+    let t = c.target();
+    let mut spec = exec(&[
+        "sh",
+        "-c",
+        "sleep 1000 & setsid sleep 1001 & (setsid sh -c 'sleep 1002 &'); echo started; sleep 1003",
+    ]);
+    spec.timeout = Some(Duration::from_secs(1));
+    match run_hook(&spec, &t, &Limits::default()).await {
+        Outcome::TimedOut { output } => assert!(output.contains("started"), "{output}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.processes(), vec![c.init], "hook processes left behind");
+}
+
+#[tokio::test]
+async fn container_exit_during_hook_is_reported() {
+    let mut c = Container::start();
+    let t = c.target();
+    let hook = tokio::spawn(async move {
+        let mut spec = exec(&["sleep", "1000"]);
+        spec.timeout = Some(Duration::from_secs(100));
+        run_hook(&spec, &t, &Limits::default()).await
+    });
+    c.kill();
+    assert_eq!(hook.await.unwrap(), Outcome::ContainerGone);
+
+    let sleep = HookSpec {
+        action: Action::Sleep { seconds: 1000 },
+        ..exec(&[])
+    };
+    assert_eq!(
+        run_hook(&sleep, &c.target(), &Limits::default()).await,
+        Outcome::ContainerGone
+    );
+}
+
+#[tokio::test]
+async fn sleep_zero_succeeds() {
+    let c = Container::start();
+    let sleep = HookSpec {
+        action: Action::Sleep { seconds: 0 },
+        ..exec(&[])
+    };
+    assert!(run_hook(&sleep, &c.target(), &Limits::default())
+        .await
+        .is_success());
+}
+
+/// A tiny HTTP server listening inside the container's network namespace.
+/// Answers `count` connections; records the request heads.
+fn serve_in(netns_pid: u32, port: u16, count: usize) -> Arc<Mutex<Vec<String>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(format!("/proc/{netns_pid}/ns/net")).unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: this dedicated test thread enters the test's own namespace and ends
+        // after serving.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let listener = TcpListener::bind((POD_IP, port)).unwrap();
+        tx.send(()).unwrap();
+        for _ in 0..count {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap() == 1 {
+                head.push(b[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+            record.lock().unwrap().push(head);
+            let resp = match path.as_str() {
+                "/ok" => "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+                    .to_string(),
+                "/redir" => "HTTP/1.1 302 Found\r\nLocation: /ok\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+                "/loop" => "HTTP/1.1 302 Found\r\nLocation: /loop\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+                _ => "HTTP/1.1 500 Boom\r\nContent-Length: 4\r\nConnection: close\r\n\r\nboom"
+                    .to_string(),
+            };
+            let _ = s.write_all(resp.as_bytes());
+        }
+    });
+    rx.recv().unwrap();
+    seen
+}
+
+fn get(path: &str, headers: &[(&str, &str)], host: Option<&str>) -> HookSpec {
+    HookSpec {
+        action: Action::HttpGet(HttpGet {
+            path: path.into(),
+            port: 8080,
+            host: host.map(str::to_string),
+            scheme: Scheme::Http,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }),
+        ..exec(&[])
+    }
+}
+
+#[tokio::test]
+async fn http_get_from_inside_the_pod() {
+    let c = Container::start();
+    // /ok, Host-override /ok, /fail, /redir + /ok, /loop x 11, /ok (address read from netns)
+    let seen = serve_in(c.init, 8080, 1 + 1 + 1 + 2 + 11 + 1);
+    let t = c.target();
+    let l = Limits::default();
+
+    assert_eq!(
+        run_hook(&get("/ok", &[], None), &t, &l).await,
+        Outcome::Succeeded {
+            output: "hello".into()
+        }
+    );
+    assert!(run_hook(
+        &get("/ok", &[("Host", "example.test"), ("X-A", "b")], None),
+        &t,
+        &l
+    )
+    .await
+    .is_success());
+    match run_hook(&get("/fail", &[], None), &t, &l).await {
+        Outcome::Failed { reason } => assert!(reason.contains("500"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(run_hook(&get("/redir", &[], None), &t, &l)
+        .await
+        .is_success());
+    match run_hook(&get("/loop", &[], None), &t, &l).await {
+        Outcome::Failed { reason } => assert!(reason.contains("redirects"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let no_ips = Target {
+        pod_ips: vec![],
+        ..c.target()
+    };
+    assert!(run_hook(&get("/ok", &[], None), &no_ips, &l)
+        .await
+        .is_success());
+
+    let heads = seen.lock().unwrap().clone();
+    let ua = format!("user-agent: nri-lifecycle/{}", env!("CARGO_PKG_VERSION"));
+    assert!(heads[0].to_lowercase().contains(&ua), "{}", heads[0]);
+    assert!(
+        heads[0].to_lowercase().contains("host: 192.0.2.10:8080"),
+        "{}",
+        heads[0]
+    );
+    assert!(
+        heads[1].to_lowercase().contains("host: example.test"),
+        "{}",
+        heads[1]
+    );
+    assert!(heads[1].to_lowercase().contains("x-a: b"), "{}", heads[1]);
+    assert!(heads[4].starts_with("GET /ok "), "{}", heads[4]);
+    assert_eq!(heads.len(), 17);
+
+    // other hosts are refused without connecting anywhere
+    match run_hook(&get("/ok", &[], Some("198.51.100.7")), &t, &l).await {
+        Outcome::Failed { reason } => assert!(reason.contains("neither"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn tcp_socket_from_inside_the_pod() {
+    let c = Container::start();
+    let _seen = serve_in(c.init, 8081, 1);
+    let t = c.target();
+    let tcp = |port| HookSpec {
+        action: Action::TcpSocket { host: None, port },
+        ..exec(&[])
+    };
+    assert!(run_hook(&tcp(8081), &t, &Limits::default())
+        .await
+        .is_success());
+    // nothing listens on 8082 inside the pod (whatever the host has there)
+    assert!(matches!(
+        run_hook(&tcp(8082), &t, &Limits::default()).await,
+        Outcome::Failed { .. }
+    ));
+    // loopback of the pod, not of the host
+    let lo = HookSpec {
+        action: Action::TcpSocket {
+            host: Some("127.0.0.1".into()),
+            port: 8081,
+        },
+        ..exec(&[])
+    };
+    assert!(matches!(
+        run_hook(&lo, &t, &Limits::default()).await,
+        Outcome::Failed { .. }
+    ));
+}
