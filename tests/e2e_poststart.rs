@@ -2,7 +2,7 @@
 //! inside the container, httpGet reaches the pod, sleep and tcpSocket need nothing in the
 //! image, and a failed hook stops the container with a termination message.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nri_harness::cri::ContainerState;
@@ -15,22 +15,6 @@ async fn node(v: Version) -> Node {
     Node::start(v, PluginMode::Preinstalled(PathBuf::from(PLUGIN)))
         .await
         .unwrap_or_else(|e| panic!("{v}: node did not start: {e}"))
-}
-
-/// Polls `path` until `pred` holds for its content, at most `limit`.
-async fn wait_file(path: &Path, limit: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if pred(&text) {
-                return Some(text);
-            }
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn run(cri: &mut Cri, pod_name: &str, spec: &ContainerSpec) -> (Pod, String) {
@@ -66,14 +50,14 @@ async fn poststart_exec_runs_inside_the_container() {
         .annotation(KEY, &hook)
         .mount(&shared, "/shared", false);
         let (pod, id) = run(&mut cri, "probe", &spec).await;
-        let done = wait_file(&shared.join("done"), Duration::from_secs(20), |t| {
+        let done = nri_harness::wait_file(&shared.join("done"), Duration::from_secs(20), |t| {
             t.contains("done")
         })
         .await;
         assert!(
             done.is_some(),
             "{v}: the hook did not run:\n{}",
-            diag(&node)
+            node.diagnostics()
         );
         let pid = cri.container_pid(&id).await.expect("pid");
         // Same namespaces as the container's init.
@@ -144,12 +128,12 @@ async fn poststart_http_sleep_and_tcp_on_distroless() {
         )
         .annotation("io.kubernetes.container.ports", r#"[{"name":"web","containerPort":8080,"protocol":"TCP"}]"#);
         let (pod, id) = run(&mut cri, "http", &spec).await;
-        let log = wait_file(&shared.join("http.log"), Duration::from_secs(20), |t| {
+        let log = nri_harness::wait_file(&shared.join("http.log"), Duration::from_secs(20), |t| {
             t.contains("GET /started?x=1")
         })
         .await;
-        let log =
-            log.unwrap_or_else(|| panic!("{v}: no request reached the pod:\n{}", diag(&node)));
+        let log = log
+            .unwrap_or_else(|| panic!("{v}: no request reached the pod:\n{}", node.diagnostics()));
         let lower = log.to_lowercase();
         assert!(lower.contains("x-hook: poststart"), "{v}: {log}");
         assert!(lower.contains("user-agent: nri-lifecycle/"), "{v}: {log}");
@@ -173,7 +157,7 @@ async fn poststart_http_sleep_and_tcp_on_distroless() {
             assert!(
                 ok.is_some(),
                 "{v}: {handler} hook did not succeed:\n{}",
-                diag(&node)
+                node.diagnostics()
             );
             let st = cri.container_status(&id).await.expect("status");
             assert_eq!(
@@ -223,12 +207,13 @@ async fn failed_poststart_stops_the_container_with_a_message() {
         )
         .annotation("io.kubernetes.pod.terminationGracePeriod", "5");
         let (pod, id) = run(&mut cri, "failing", &spec).await;
-        let message = wait_file(&termination_log(&pod), Duration::from_secs(20), |t| {
-            !t.is_empty()
-        })
-        .await;
         let message =
-            message.unwrap_or_else(|| panic!("{v}: no termination message:\n{}", diag(&node)));
+            nri_harness::wait_file(&termination_log(&pod), Duration::from_secs(20), |t| {
+                !t.is_empty()
+            })
+            .await;
+        let message = message
+            .unwrap_or_else(|| panic!("{v}: no termination message:\n{}", node.diagnostics()));
         assert!(
             message.starts_with("PostStart hook failed: "),
             "{v}: {message}"
@@ -256,13 +241,18 @@ async fn failed_poststart_stops_the_container_with_a_message() {
             .annotation("io.kubernetes.pod.terminationGracePeriod", "3");
         let (pod, id) = run(&mut cri, "hanging", &spec).await;
         let started = wait_until(Duration::from_secs(10), || sleep_running("3602")).await;
-        assert!(started, "{v}: the hook never started:\n{}", diag(&node));
-        let message = wait_file(&termination_log(&pod), Duration::from_secs(20), |t| {
-            !t.is_empty()
-        })
-        .await;
+        assert!(
+            started,
+            "{v}: the hook never started:\n{}",
+            node.diagnostics()
+        );
         let message =
-            message.unwrap_or_else(|| panic!("{v}: hanging hook not failed:\n{}", diag(&node)));
+            nri_harness::wait_file(&termination_log(&pod), Duration::from_secs(20), |t| {
+                !t.is_empty()
+            })
+            .await;
+        let message = message
+            .unwrap_or_else(|| panic!("{v}: hanging hook not failed:\n{}", node.diagnostics()));
         assert!(message.contains("timed out"), "{v}: {message}");
         // The timeout killed the hook's whole tree (the container, PID 1 ignoring SIGTERM, is
         // still within its grace period here).
@@ -294,20 +284,4 @@ async fn wait_until(limit: Duration, pred: impl Fn() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     pred()
-}
-
-/// What to show when a hook did not do what it should: the plugin's log and containerd's
-/// lines about NRI plugins.
-fn diag(node: &Node) -> String {
-    let containerd: Vec<String> = node
-        .containerd_log()
-        .lines()
-        .filter(|l| l.contains("plugin") && !l.contains("loading plugin") && !l.contains("skip"))
-        .map(str::to_string)
-        .collect();
-    format!(
-        "plugin log:\n{}\ncontainerd about plugins:\n{}",
-        node.plugin_log(),
-        containerd.join("\n")
-    )
 }

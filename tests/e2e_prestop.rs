@@ -128,7 +128,7 @@ async fn stop_waits_for_prestop_exec() {
         let asked = unix_now();
         cri.stop_container(&app.id, 30).await.expect("stop");
         let returned = unix_now();
-        let log = diag(&node);
+        let log = node.diagnostics();
         let start = stamp(&app.shared.join("prestop"))
             .unwrap_or_else(|| panic!("{v}: PreStop did not run\n{log}"));
         let end = stamp(&app.shared.join("prestop-end"))
@@ -187,7 +187,7 @@ async fn prestop_sleep_and_http_on_distroless() {
         let asked = unix_now();
         cri.stop_container(&app.id, 30).await.expect("stop");
         let term = stamp(&app.shared.join("term"))
-            .unwrap_or_else(|| panic!("{v}: no SIGTERM\n{}", diag(&node)));
+            .unwrap_or_else(|| panic!("{v}: no SIGTERM\n{}", node.diagnostics()));
         assert!(
             term - asked >= 1.0,
             "{v}: SIGTERM {:.3}s after the stop: the sleep hook did not hold it",
@@ -211,14 +211,14 @@ async fn prestop_sleep_and_http_on_distroless() {
         cri.stop_container(&app.id, 30).await.expect("stop");
         let http = std::fs::read_to_string(app.shared.join("http.log")).unwrap_or_default();
         let term = stamp(&app.shared.join("term"))
-            .unwrap_or_else(|| panic!("{v}: no SIGTERM\n{}", diag(&node)));
+            .unwrap_or_else(|| panic!("{v}: no SIGTERM\n{}", node.diagnostics()));
         let request = http
             .lines()
             .find(|l| l.starts_with("request ") && l.contains("GET /drain"))
             .unwrap_or_else(|| {
                 panic!(
                     "{v}: the app never saw GET /drain:\n{http}\n{}",
-                    diag(&node)
+                    node.diagnostics()
                 )
             });
         let requested: f64 = request
@@ -377,7 +377,7 @@ async fn plugin_killed_during_prestop_stop_still_completes() {
         assert!(
             started.is_some(),
             "{v}: PreStop never started:\n{}",
-            diag(&node)
+            node.diagnostics()
         );
         // SAFETY: kill(2) takes no pointers; the PID is the plugin child of the containerd
         // this test started.
@@ -502,7 +502,7 @@ async fn another_container_cannot_trigger_a_prestop() {
     assert!(
         !victim.shared.join("prestop").exists(),
         "a process in another container ran the victim's PreStop\n{}",
-        diag(&node)
+        node.diagnostics()
     );
     // The victim's own stop still runs its PreStop, once.
     cri.stop_container(&victim.id, 30)
@@ -511,7 +511,7 @@ async fn another_container_cannot_trigger_a_prestop() {
     assert!(
         victim.shared.join("prestop").exists(),
         "victim's PreStop did not run at its own stop\n{}",
-        diag(&node)
+        node.diagnostics()
     );
     cri.stop_container(&attacker, 10)
         .await
@@ -521,20 +521,4 @@ async fn another_container_cannot_trigger_a_prestop() {
     finish(&mut cri, victim).await;
     drop(cri);
     node.stop().await.unwrap_or_else(|e| panic!("{v}: {e}"));
-}
-
-/// What to show when a hook did not do what it should: the plugin's log and containerd's
-/// lines about NRI plugins.
-fn diag(node: &Node) -> String {
-    let containerd: Vec<String> = node
-        .containerd_log()
-        .lines()
-        .filter(|l| l.contains("plugin") && !l.contains("loading plugin") && !l.contains("skip"))
-        .map(str::to_string)
-        .collect();
-    format!(
-        "plugin log:\n{}\ncontainerd about plugins:\n{}",
-        node.plugin_log(),
-        containerd.join("\n")
-    )
 }

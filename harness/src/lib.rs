@@ -38,3 +38,23 @@ pub fn require_root(test: &str) -> bool {
     );
     false
 }
+
+/// Polls `path` until `pred` holds for its content, at most `limit`; the content then.
+pub async fn wait_file(
+    path: &std::path::Path,
+    limit: std::time::Duration,
+    pred: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if pred(&text) {
+                return Some(text);
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

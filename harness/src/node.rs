@@ -582,6 +582,23 @@ impl Node {
         Ok(self.net.check_route(pod_ip)?)
     }
 
+    /// What to show when a test's expectation fails: the plugin's log and containerd's lines
+    /// about NRI plugins.
+    pub fn diagnostics(&self) -> String {
+        let log = self.containerd_log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                l.contains("plugin") && !l.contains("loading plugin") && !l.contains("skip")
+            })
+            .collect();
+        format!(
+            "plugin log:\n{}\ncontainerd about plugins:\n{}",
+            self.plugin_log(),
+            lines.join("\n")
+        )
+    }
+
     /// containerd's log so far.
     pub fn containerd_log(&self) -> String {
         std::fs::read_to_string(&self.paths.containerd_log).unwrap_or_default()
