@@ -5,9 +5,8 @@ DESTDIR     ?=
 PLUGIN_DIR  ?= /opt/nri/plugins
 PLUGIN_IDX  ?= 10
 CARGO       ?= cargo
-# Everything downloaded or built for tests stays inside the tree.
-CACHE       ?= $(CURDIR)/.cache
-export NRI_HARNESS_CACHE := $(CACHE)
+# Everything downloaded or built for tests stays inside the tree, in .cache/harness
+# (NRI_HARNESS_CACHE overrides it).
 
 CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TARGET_DIR
