@@ -521,6 +521,10 @@ impl Core {
             hooked.stopping = true;
             (spec, self.target(hooked))
         };
+        info!(
+            container = %container_id, name = %target.container.name, hook = "preStop",
+            handler = spec.action.kind(), "running PreStop before the stop signal"
+        );
         self.run_pre_stop(spec, target).await
     }
 

@@ -2,21 +2,21 @@
 //! sockets and binary, and containerd's API for the stored-spec rewrite.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
-use crate::annotations::HookSpec;
+use crate::annotations::{Action, HookSpec};
 use crate::config::Config;
 use crate::containerd;
 use crate::core::{Core, Effects, GateStatus, HookOutcome, Target, WeakCore};
 use crate::gate::{self, GateParams, GateServers, PreStopCallback, PreStopOutcome};
+use crate::hooks;
 use crate::model::{Adjustment, Container};
+use crate::ns::pidfd::PidFd;
 
 /// What depends on the config (known only after the runtime's `Configure`).
 struct Configured {
@@ -32,7 +32,7 @@ pub struct Node {
     core: OnceLock<WeakCore>,
     configured: RwLock<Option<Arc<Configured>>>,
     /// Init processes of started containers, held as pidfds so a recycled PID is never signalled.
-    pidfds: Mutex<HashMap<String, Arc<OwnedFd>>>,
+    pidfds: Mutex<HashMap<String, Arc<PidFd>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,7 +113,7 @@ impl Node {
         }
     }
 
-    fn pidfd(&self, container: &Container) -> Result<Arc<OwnedFd>, String> {
+    fn pidfd(&self, container: &Container) -> Result<Arc<PidFd>, String> {
         if let Some(fd) = lock(&self.pidfds).get(&container.id) {
             return Ok(fd.clone());
         }
@@ -123,74 +123,52 @@ impl Node {
                 container.id
             ));
         }
-        let fd = Arc::new(
-            pidfd_open(container.pid).map_err(|e| format!("pidfd_open({}): {e}", container.pid))?,
-        );
+        let fd = Arc::new(PidFd::open(container.pid).map_err(|e| e.to_string())?);
         lock(&self.pidfds).insert(container.id.clone(), fd.clone());
         Ok(fd)
     }
 }
 
-/// Opens a pidfd for `pid`.
-fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
-    let pid =
-        libc::pid_t::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is shared.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
-    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn pidfd_send_signal(fd: &OwnedFd, signal: i32) -> std::io::Result<()> {
-    // SAFETY: the fd is a valid pidfd we own; a null siginfo asks for default kill() semantics.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl Effects for Node {
     async fn run_hook(&self, spec: &HookSpec, target: &Target, timeout: Duration) -> HookOutcome {
-        crate::hooks::run(spec, target, timeout).await
+        let mut spec = spec.clone();
+        spec.timeout = Some(timeout);
+        let runner_target = hooks::Target {
+            container_id: target.container.id.clone(),
+            pid: target.container.pid,
+            process: Some(target.container.process.clone()),
+            bundle: None,
+            pod_ips: target.pod.ips.clone(),
+            pod_netns: target.pod.netns_path().map(PathBuf::from),
+            pod_pid: target.pod.pid,
+        };
+        let limits = hooks::Limits {
+            default_timeout: timeout,
+            allow_other_hosts: hook_host(&spec)
+                .is_some_and(|ip| target.allowed_hosts.contains(&ip)),
+        };
+        match hooks::run_hook(&spec, &runner_target, &limits).await {
+            hooks::Outcome::Succeeded { output } => HookOutcome::Succeeded { output },
+            hooks::Outcome::Failed { reason } => HookOutcome::Failed { reason },
+            hooks::Outcome::TimedOut { output } => HookOutcome::TimedOut {
+                after: timeout,
+                output,
+            },
+            hooks::Outcome::ContainerGone => HookOutcome::ContainerGone,
+        }
     }
 
     fn signal(&self, container: &Container, signal: i32) -> Result<(), String> {
         let fd = self.pidfd(container)?;
-        pidfd_send_signal(&fd, signal)
+        fd.send_signal(signal)
             .map_err(|e| format!("signal {signal} to container {}: {e}", container.id))
     }
 
     async fn exited(&self, container: &Container) {
-        let Ok(fd) = self.pidfd(container) else {
-            return;
-        };
-        // A pidfd becomes readable when its process exits.
-        let Ok(dup) = fd.try_clone() else {
-            return;
-        };
-        // SAFETY: `dup` is an OwnedFd moved into the AsyncFd, so the fd stays open and the same
-        // for the AsyncFd's whole life.
-        let Ok(async_fd) =
-            (unsafe { AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) })
-        else {
-            return;
-        };
-        if let Ok(mut guard) = async_fd.readable().await {
-            guard.retain_ready();
+        if let Ok(fd) = self.pidfd(container) {
+            // An error here means we cannot watch the process; treat it as gone.
+            let _ = fd.exited().await;
         }
     }
 
@@ -266,4 +244,14 @@ impl Effects for Node {
             cur.servers.remove(container_id);
         }
     }
+}
+
+/// The explicit `host` of an httpGet/tcpSocket hook, when it is an IP address.
+fn hook_host(spec: &HookSpec) -> Option<std::net::IpAddr> {
+    let host = match &spec.action {
+        Action::HttpGet(get) => get.host.as_deref(),
+        Action::TcpSocket { host, .. } => host.as_deref(),
+        _ => None,
+    }?;
+    host.parse().ok()
 }

@@ -1,37 +1,320 @@
 //! End-to-end PreStop on containerd 1.7 and 2.1, driven like a kubelet: the gate is the
-//! container's PID 1 and the stop waits for the hook.
+//! container's PID 1, and a CRI StopContainer waits for the PreStop hook before the app gets
+//! its SIGTERM.
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nri_harness::cri::ContainerState;
-use nri_harness::{images, ContainerSpec, Node, PluginMode, PodSpec, Version};
+use nri_harness::{images, ContainerSpec, Cri, Node, PluginMode, Pod, PodSpec, Version};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_nri-lifecycle");
 
+async fn node(v: Version) -> Node {
+    Node::start(v, PluginMode::Preinstalled(PathBuf::from(PLUGIN)))
+        .await
+        .unwrap_or_else(|e| panic!("{v}: node did not start: {e}"))
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A time the test app or a hook wrote (`<secs>.<nanos>`), if the file exists.
+fn stamp(path: &Path) -> Option<f64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
+/// A pod with one container `app`: the test app (which records when it gets SIGTERM into
+/// /shared/term) in the busybox image with the app bind-mounted, or alone in the distroless
+/// image.
+struct App {
+    pod: Pod,
+    id: String,
+    shared: PathBuf,
+}
+
+async fn start_app(
+    node: &Node,
+    cri: &mut Cri,
+    name: &str,
+    pod_annotations: &[(&str, &str)],
+    distroless: bool,
+    extra_args: &[&str],
+) -> App {
+    let mut spec = PodSpec::new(name);
+    for (k, v) in pod_annotations {
+        spec = spec.annotation(k, v);
+    }
+    let pod = cri.run_pod(&spec).await.expect("run pod");
+    let shared = node.host_dir(name).expect("host dir");
+    let mut args: Vec<String> = ["--term-file", "/shared/term"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(extra_args.iter().map(|s| s.to_string()));
+    let spec = if distroless {
+        ContainerSpec {
+            args,
+            ..ContainerSpec::new("app", images::DISTROLESS, &[])
+        }
+    } else {
+        ContainerSpec {
+            args,
+            ..ContainerSpec::new("app", images::BUSYBOX, &["/testapp"])
+        }
+        .mount(&node.install().testapp(), "/testapp", true)
+    }
+    .mount(&shared, "/shared", false);
+    let id = cri.create_container(&pod, &spec).await.expect("create");
+    cri.start_container(&id).await.expect("start");
+    cri.wait_state(
+        &id,
+        ContainerState::ContainerRunning,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("running");
+    App { pod, id, shared }
+}
+
+async fn finish(cri: &mut Cri, app: App) {
+    cri.remove_container(&app.id).await.expect("remove");
+    cri.delete_pod(&app.pod).await.expect("delete pod");
+}
+
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gate_is_pid1_of_a_prestop_container() {
-    if !nri_harness::require_root("gate_is_pid1_of_a_prestop_container") {
+async fn stop_waits_for_prestop_exec() {
+    if !nri_harness::require_root("stop_waits_for_prestop_exec") {
+        return;
+    }
+    let hook = r#"{"exec":{"command":["sh","-c","/testapp write /shared/prestop {now}; sleep 2; /testapp write /shared/prestop-end {now}"]}}"#;
+    for v in Version::ALL {
+        let node = node(v).await;
+        let mut cri = node.cri().await.expect("cri");
+        let app = start_app(
+            &node,
+            &mut cri,
+            "order",
+            &[("prestop.lifecycle.nri.io/container.app", hook)],
+            false,
+            &[],
+        )
+        .await;
+        let pid = cri.container_pid(&app.id).await.expect("pid");
+        assert_eq!(
+            cmdline(pid).first().map(String::as_str),
+            Some("/.nri-lifecycle/gate"),
+            "{v}: gate is PID 1"
+        );
+
+        let asked = unix_now();
+        cri.stop_container(&app.id, 30).await.expect("stop");
+        let returned = unix_now();
+        let log = diag(&node);
+        let start = stamp(&app.shared.join("prestop"))
+            .unwrap_or_else(|| panic!("{v}: PreStop did not run\n{log}"));
+        let end = stamp(&app.shared.join("prestop-end"))
+            .unwrap_or_else(|| panic!("{v}: PreStop did not finish\n{log}"));
+        let term = stamp(&app.shared.join("term"))
+            .unwrap_or_else(|| panic!("{v}: the app never got SIGTERM\n{log}"));
+        assert!(
+            asked <= start,
+            "{v}: PreStop ran before the stop was asked ({asked} > {start})"
+        );
+        assert!(
+            start < end && end <= term,
+            "{v}: SIGTERM ({term}) came before PreStop finished ({start}..{end})"
+        );
+        assert!(
+            term - start >= 2.0,
+            "{v}: SIGTERM only {:.3}s after PreStop began",
+            term - start
+        );
+        assert!(
+            term <= returned,
+            "{v}: StopContainer returned ({returned}) before the app got SIGTERM ({term})"
+        );
+        let st = cri.container_status(&app.id).await.expect("status");
+        assert_eq!(
+            st.exit_code, 0,
+            "{v}: the app's own exit code passes through the gate"
+        );
+        finish(&mut cri, app).await;
+        drop(cri);
+        node.stop().await.unwrap_or_else(|e| panic!("{v}: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prestop_sleep_and_http_on_distroless() {
+    if !nri_harness::require_root("prestop_sleep_and_http_on_distroless") {
         return;
     }
     for v in Version::ALL {
-        let node = Node::start(v, PluginMode::Preinstalled(Path::new(PLUGIN).to_path_buf()))
-            .await
-            .unwrap_or_else(|e| panic!("{v}: {e}"));
+        let node = node(v).await;
         let mut cri = node.cri().await.expect("cri");
-        let pod = cri
-            .run_pod(&PodSpec::new("gated").annotation(
+        // sleep: nothing in the image but the app.
+        let app = start_app(
+            &node,
+            &mut cri,
+            "sleepy",
+            &[(
                 "prestop.lifecycle.nri.io/container.app",
-                r#"{"sleep":{"seconds":0}}"#,
-            ))
-            .await
-            .expect("run pod");
-        let shared = node.host_dir("gated").expect("host dir");
-        let spec = ContainerSpec {
-            args: vec!["--term-file".into(), "/shared/term".into()],
-            ..ContainerSpec::new("app", images::DISTROLESS, &[])
-        }
-        .mount(&shared, "/shared", false);
+                r#"{"sleep":{"seconds":1}}"#,
+            )],
+            true,
+            &[],
+        )
+        .await;
+        let asked = unix_now();
+        cri.stop_container(&app.id, 30).await.expect("stop");
+        let term = stamp(&app.shared.join("term"))
+            .unwrap_or_else(|| panic!("{v}: no SIGTERM\n{}", diag(&node)));
+        assert!(
+            term - asked >= 1.0,
+            "{v}: SIGTERM {:.3}s after the stop: the sleep hook did not hold it",
+            term - asked
+        );
+        finish(&mut cri, app).await;
+
+        // httpGet: reaches the app while it still serves.
+        let app = start_app(
+            &node,
+            &mut cri,
+            "drain",
+            &[(
+                "prestop.lifecycle.nri.io/container.app",
+                r#"{"httpGet":{"path":"/drain","port":8080,"httpHeaders":[{"name":"X-Reason","value":"prestop"}]}}"#,
+            )],
+            true,
+            &["--http", "8080", "--log", "/shared/http.log"],
+        )
+        .await;
+        cri.stop_container(&app.id, 30).await.expect("stop");
+        let http = std::fs::read_to_string(app.shared.join("http.log")).unwrap_or_default();
+        let term = stamp(&app.shared.join("term"))
+            .unwrap_or_else(|| panic!("{v}: no SIGTERM\n{}", diag(&node)));
+        let request = http
+            .lines()
+            .find(|l| l.starts_with("request ") && l.contains("GET /drain"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{v}: the app never saw GET /drain:\n{http}\n{}",
+                    diag(&node)
+                )
+            });
+        let requested: f64 = request
+            .split_whitespace()
+            .nth(1)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(f64::MAX);
+        assert!(
+            requested < term,
+            "{v}: the PreStop request came after SIGTERM"
+        );
+        assert!(
+            http.to_lowercase().contains("x-reason: prestop"),
+            "{v}: header missing:\n{http}"
+        );
+        assert!(
+            http.to_lowercase().contains("user-agent: nri-lifecycle/"),
+            "{v}: user agent missing:\n{http}"
+        );
+        finish(&mut cri, app).await;
+        drop(cri);
+        node.stop().await.unwrap_or_else(|e| panic!("{v}: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hook_longer_than_grace_is_cut_by_sigkill() {
+    if !nri_harness::require_root("hook_longer_than_grace_is_cut_by_sigkill") {
+        return;
+    }
+    for v in Version::ALL {
+        let node = node(v).await;
+        let mut cri = node.cri().await.expect("cri");
+        let app = start_app(
+            &node,
+            &mut cri,
+            "slow",
+            &[(
+                "prestop.lifecycle.nri.io/container.app",
+                r#"{"sleep":{"seconds":60}}"#,
+            )],
+            true,
+            &[],
+        )
+        .await;
+        let asked = Instant::now();
+        cri.stop_container(&app.id, 3).await.expect("stop");
+        let took = asked.elapsed();
+        assert!(
+            took < Duration::from_secs(20),
+            "{v}: stop took {took:?} with a 3 s grace period"
+        );
+        let st = cri.container_status(&app.id).await.expect("status");
+        assert_eq!(st.state, ContainerState::ContainerExited as i32, "{v}");
+        assert_eq!(
+            st.exit_code, 137,
+            "{v}: SIGKILL at the end of the grace period"
+        );
+        finish(&mut cri, app).await;
+        drop(cri);
+        node.stop().await.unwrap_or_else(|e| panic!("{v}: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gated_container_exits_and_logs_as_without_gate() {
+    if !nri_harness::require_root("gated_container_exits_and_logs_as_without_gate") {
+        return;
+    }
+    let v = Version::V2_1;
+    let node = node(v).await;
+    let mut cri = node.cri().await.expect("cri");
+    let mut outcomes = Vec::new();
+    for (name, annotations) in [
+        ("plain", vec![]),
+        (
+            "gated",
+            vec![("prestop.lifecycle.nri.io/pod", r#"{"sleep":{"seconds":0}}"#)],
+        ),
+    ] {
+        let pod = {
+            let mut spec = PodSpec::new(name);
+            for (k, val) in &annotations {
+                spec = spec.annotation(k, val);
+            }
+            cri.run_pod(&spec).await.expect("run pod")
+        };
+        let spec = ContainerSpec::new(
+            "app",
+            images::BUSYBOX,
+            &[
+                "sh",
+                "-c",
+                "echo out; echo err >&2; trap 'echo term; exit 7' TERM; while :; do sleep 1; done",
+            ],
+        );
         let id = cri.create_container(&pod, &spec).await.expect("create");
         cri.start_container(&id).await.expect("start");
         cri.wait_state(
@@ -41,28 +324,217 @@ async fn gate_is_pid1_of_a_prestop_container() {
         )
         .await
         .expect("running");
-        let pid = cri.container_pid(&id).await.expect("pid");
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        println!("{v}: pid 1 = {args:?}\nplugin log:\n{}", node.plugin_log());
-        assert_eq!(
-            args.first().map(String::as_str),
-            Some("/.nri-lifecycle/gate"),
-            "{v}"
-        );
+        // Let the shell print and set its trap before the stop.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         cri.stop_container(&id, 10).await.expect("stop");
         let st = cri.container_status(&id).await.expect("status");
-        assert_eq!(st.exit_code, 0, "{v}: exit code through the gate");
-        assert!(
-            std::fs::read_to_string(shared.join("term")).is_ok_and(|t| !t.is_empty()),
-            "{v}: app got SIGTERM"
-        );
+        let lines: Vec<(String, String)> = nri_harness::cri::read_log(Path::new(&st.log_path))
+            .into_iter()
+            .map(|l| (l.stream, l.text))
+            .collect();
+        outcomes.push((st.exit_code, lines));
         cri.remove_container(&id).await.expect("remove");
         cri.delete_pod(&pod).await.expect("delete pod");
-        drop(cri);
-        node.stop().await.unwrap_or_else(|e| panic!("{v}: {e}"));
     }
+    assert_eq!(outcomes[0].0, 7, "the app's exit code without the gate");
+    assert_eq!(
+        outcomes[1], outcomes[0],
+        "exit code and log differ with the gate"
+    );
+    drop(cri);
+    node.stop().await.unwrap_or_else(|e| panic!("{v}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_killed_during_prestop_stop_still_completes() {
+    if !nri_harness::require_root("plugin_killed_during_prestop_stop_still_completes") {
+        return;
+    }
+    for v in Version::ALL {
+        let node = node(v).await;
+        let mut cri = node.cri().await.expect("cri");
+        let app = start_app(
+            &node,
+            &mut cri,
+            "orphan",
+            &[(
+                "prestop.lifecycle.nri.io/container.app",
+                r#"{"sleep":{"seconds":120}}"#,
+            )],
+            true,
+            &[],
+        )
+        .await;
+        let plugin_pid = plugin_pid(&node);
+        let id = app.id.clone();
+        let mut stopper = node.cri().await.expect("cri");
+        let asked = Instant::now();
+        let stop = tokio::spawn(async move { stopper.stop_container(&id, 60).await });
+        // Kill the plugin once the hook is running.
+        let started = node
+            .wait_plugin_log(Duration::from_secs(20), |l| l.contains("running PreStop"))
+            .await;
+        assert!(
+            started.is_some(),
+            "{v}: PreStop never started:\n{}",
+            diag(&node)
+        );
+        // SAFETY: kill(2) takes no pointers; the PID is the plugin child of the containerd
+        // this test started.
+        let rc = unsafe { libc::kill(plugin_pid, libc::SIGKILL) };
+        assert_eq!(rc, 0, "{v}: kill plugin {plugin_pid}");
+        let result = tokio::time::timeout(Duration::from_secs(30), stop).await;
+        let took = asked.elapsed();
+        assert!(
+            matches!(result, Ok(Ok(Ok(())))),
+            "{v}: stop did not complete: {result:?}"
+        );
+        assert!(took < Duration::from_secs(30), "{v}: stop took {took:?}");
+        assert!(
+            stamp(&app.shared.join("term")).is_some(),
+            "{v}: the app never got SIGTERM"
+        );
+        finish(&mut cri, app).await;
+        drop(cri);
+        // containerd 1.7 may exit once its pre-installed plugin is gone; teardown copes.
+        let _ = node.stop().await;
+    }
+}
+
+/// The pre-installed plugin's PID: containerd's child named `10-nri-lifecycle`.
+fn plugin_pid(node: &Node) -> i32 {
+    let Some(ppid) = node.containerd_pid() else {
+        panic!("containerd is not running");
+    };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        panic!("cannot read /proc");
+    };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let parent: i64 = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(-1);
+        if parent == i64::from(ppid) && stat.contains("(10-nri-lifecycl") {
+            return pid;
+        }
+    }
+    panic!("no plugin process under containerd {ppid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_container_cannot_trigger_a_prestop() {
+    if !nri_harness::require_root("another_container_cannot_trigger_a_prestop") {
+        return;
+    }
+    let v = Version::V2_1;
+    let node = node(v).await;
+    let mut cri = node.cri().await.expect("cri");
+    // B: the victim, whose PreStop leaves a mark.
+    let victim = start_app(
+        &node,
+        &mut cri,
+        "victim",
+        &[(
+            "prestop.lifecycle.nri.io/container.app",
+            r#"{"exec":{"command":["/testapp","write","/shared/prestop","{now}"]}}"#,
+        )],
+        false,
+        &[],
+    )
+    .await;
+    let socket_dir = node
+        .paths()
+        .dir
+        .join("plugin-run/gate/containers")
+        .join(&victim.id);
+    assert!(
+        socket_dir.join("gate.sock").exists(),
+        "victim's socket at {}",
+        socket_dir.display()
+    );
+    // A: a gated container that was given (as a hostile hostPath mount) B's socket directory,
+    // and uses the gate binary as a client to ask for B's PreStop.
+    let pod = cri
+        .run_pod(
+            &PodSpec::new("attacker")
+                .annotation("prestop.lifecycle.nri.io/pod", r#"{"sleep":{"seconds":0}}"#),
+        )
+        .await
+        .expect("run pod");
+    let spec = ContainerSpec::new("attacker", images::BUSYBOX, &["sleep", "3600"]).mount(
+        &socket_dir,
+        "/evil",
+        false,
+    );
+    let attacker = cri.create_container(&pod, &spec).await.expect("create");
+    cri.start_container(&attacker).await.expect("start");
+    cri.wait_state(
+        &attacker,
+        ContainerState::ContainerRunning,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("running");
+    let out = cri
+        .exec_sync(
+            &attacker,
+            &[
+                "sh",
+                "-c",
+                "/.nri-lifecycle/gate --socket /evil/gate.sock --timeout-ms 3000 -- sleep 30 & p=$!; sleep 0.5; kill -TERM $p; wait $p; echo rc=$?",
+            ],
+            30,
+        )
+        .await
+        .expect("exec");
+    assert!(
+        out.stdout.contains("rc=143"),
+        "the attacker's child was not stopped: {out:?}"
+    );
+    assert!(
+        !victim.shared.join("prestop").exists(),
+        "a process in another container ran the victim's PreStop\n{}",
+        diag(&node)
+    );
+    // The victim's own stop still runs its PreStop, once.
+    cri.stop_container(&victim.id, 30)
+        .await
+        .expect("stop victim");
+    assert!(
+        victim.shared.join("prestop").exists(),
+        "victim's PreStop did not run at its own stop\n{}",
+        diag(&node)
+    );
+    cri.stop_container(&attacker, 10)
+        .await
+        .expect("stop attacker");
+    cri.remove_container(&attacker).await.expect("remove");
+    cri.delete_pod(&pod).await.expect("delete pod");
+    finish(&mut cri, victim).await;
+    drop(cri);
+    node.stop().await.unwrap_or_else(|e| panic!("{v}: {e}"));
+}
+
+/// What to show when a hook did not do what it should: the plugin's log and containerd's
+/// lines about NRI plugins.
+fn diag(node: &Node) -> String {
+    let containerd: Vec<String> = node
+        .containerd_log()
+        .lines()
+        .filter(|l| l.contains("plugin") && !l.contains("loading plugin") && !l.contains("skip"))
+        .map(str::to_string)
+        .collect();
+    format!(
+        "plugin log:\n{}\ncontainerd about plugins:\n{}",
+        node.plugin_log(),
+        containerd.join("\n")
+    )
 }

@@ -1,13 +1,184 @@
-//! Hook runners.
+//! Hook runners: exec, httpGet, sleep and tcpSocket, with one entry point, [`run_hook`].
+//!
+//! The core decides *when* a hook runs and what happens after; this module runs it and says
+//! how it went ([`Outcome`]). Every runner is cancellation-safe: dropping the future of
+//! [`run_hook`] stops the hook (an exec hook's whole process tree is killed).
 
+mod exec;
+mod http;
+mod net;
+mod output;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::annotations::HookSpec;
-use crate::core::{HookOutcome, Target};
+use crate::annotations::{Action, HookSpec};
+use crate::model::ProcessSpec;
+use crate::ns::pidfd::PidFd;
 
-/// Runs one hook (placeholder until the runners land).
-pub async fn run(_spec: &HookSpec, _target: &Target, _timeout: Duration) -> HookOutcome {
-    HookOutcome::Failed {
-        reason: "hook runners are not available in this build".into(),
+pub use output::OUTPUT_LIMIT;
+
+/// Errors of the hook layer (turned into [`Outcome::Failed`] reasons).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("container {container}: {source}")]
+    Ns {
+        container: String,
+        source: crate::ns::Error,
+    },
+    #[error("container {container}: reading hook output: {source}")]
+    Output {
+        container: String,
+        source: std::io::Error,
+    },
+    #[error("host {host:?} is neither the pod's address nor loopback (allow other hosts in the plugin config to use it)")]
+    HostRefused { host: String },
+    #[error("no address known for pod of container {container}")]
+    NoPodIp { container: String },
+    #[error("resolving host {host:?}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("http get {url}: {reason}")]
+    Http { url: String, reason: String },
+}
+
+/// The container a hook runs for.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub container_id: String,
+    /// PID of the container's init (0 when unknown: only httpGet/tcpSocket/sleep can run).
+    pub pid: u32,
+    /// The container's process spec as the runtime sent it.
+    pub process: Option<ProcessSpec>,
+    /// The container's OCI bundle directory (its `config.json` is the second source).
+    pub bundle: Option<PathBuf>,
+    /// The pod's IPs as the runtime sent them (empty: read from the pod's network namespace).
+    pub pod_ips: Vec<IpAddr>,
+    /// Path of the pod's network namespace, when the runtime sent it.
+    pub pod_netns: Option<PathBuf>,
+    /// PID of the pod's sandbox process (0 when unknown).
+    pub pod_pid: u32,
+}
+
+/// Bounds and permissions of one hook run.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Used when the hook has no `timeoutSeconds`.
+    pub default_timeout: Duration,
+    /// Lets httpGet/tcpSocket reach hosts other than the pod's own addresses and loopback.
+    pub allow_other_hosts: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            default_timeout: Duration::from_secs(30),
+            allow_other_hosts: false,
+        }
+    }
+}
+
+/// How a hook ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It ran and succeeded. `output`: the exec hook's output or the HTTP body (bounded).
+    Succeeded { output: String },
+    /// It failed; `reason` is what the kubelet would put into the event / termination message.
+    Failed { reason: String },
+    /// It did not finish in time; everything it started has been stopped.
+    TimedOut { output: String },
+    /// The container exited before or during the hook: abandon quietly.
+    ContainerGone,
+}
+
+impl Outcome {
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Succeeded { .. })
+    }
+}
+
+/// Runs one hook for `target`, bounded by the hook's timeout (else `limits.default_timeout`).
+pub async fn run_hook(spec: &HookSpec, target: &Target, limits: &Limits) -> Outcome {
+    let timeout = spec.timeout.unwrap_or(limits.default_timeout);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let container = if target.pid != 0 {
+        match PidFd::open(target.pid) {
+            Ok(p) => Some(p),
+            Err(e) if e.is_gone() => return Outcome::ContainerGone,
+            Err(source) => {
+                return Outcome::Failed {
+                    reason: Error::Ns {
+                        container: target.container_id.clone(),
+                        source,
+                    }
+                    .to_string(),
+                }
+            }
+        }
+    } else {
+        None
+    };
+    let run = async {
+        match &spec.action {
+            Action::Exec { command } => match &container {
+                Some(pidfd) => exec::run(command, target, pidfd, deadline).await,
+                None => Outcome::Failed {
+                    reason: format!(
+                        "exec hook {}: no process known for container {}",
+                        spec.key, target.container_id
+                    ),
+                },
+            },
+            other => {
+                let work = async {
+                    match other {
+                        Action::HttpGet(get) => http::run(get, target, limits).await,
+                        Action::TcpSocket { host, port } => {
+                            net::tcp(host.as_deref(), *port, target, limits).await
+                        }
+                        Action::Sleep { seconds } => {
+                            tokio::time::sleep(Duration::from_secs(*seconds)).await;
+                            Outcome::Succeeded {
+                                output: String::new(),
+                            }
+                        }
+                        Action::Exec { .. } => unreachable_exec(),
+                    }
+                };
+                match tokio::time::timeout_at(deadline, work).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Outcome::TimedOut {
+                        output: String::new(),
+                    },
+                }
+            }
+        }
+    };
+    let outcome = match &container {
+        Some(pidfd) => {
+            tokio::select! {
+                outcome = run => outcome,
+                _ = pidfd.exited() => Outcome::ContainerGone,
+            }
+        }
+        None => run.await,
+    };
+    // A failure seen while the container was dying is the container's end, not the hook's.
+    match (&outcome, &container) {
+        (Outcome::Failed { .. } | Outcome::TimedOut { .. }, Some(p)) if !p.is_alive() => {
+            Outcome::ContainerGone
+        }
+        _ => outcome,
+    }
+}
+
+fn unreachable_exec() -> Outcome {
+    Outcome::Failed {
+        reason: "internal: exec hook dispatched to the network runners".into(),
     }
 }

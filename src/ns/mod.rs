@@ -1,1 +1,71 @@
-//! Processes and namespaces.
+//! Processes and namespaces: everything that touches another process's kernel objects.
+//!
+//! - [`pidfd`]: processes held as pidfds, so a recycled PID is never entered or signalled, and
+//!   an async "wait until this process exits".
+//! - [`namespace`]: namespace handles (`/proc/<pid>/ns/*` as [`std::os::fd::OwnedFd`]) and
+//!   which of a process's namespaces differ from ours.
+//! - [`identity`]: who a container's processes are (uid, gids, env, cwd, capabilities,
+//!   no_new_privs, cgroups), from the runtime's spec, the bundle or `/proc`.
+//! - [`enter`]: starting a command inside a container (the exec hook's engine).
+//! - [`netsock`]: sockets created inside a network namespace.
+//! - [`sys`]: the few reads of `/proc` behind a trait, with a recording fake for unit tests.
+
+pub mod enter;
+pub mod identity;
+pub mod namespace;
+pub mod netsock;
+pub mod pidfd;
+pub mod sys;
+
+use std::path::PathBuf;
+
+/// Errors of the namespace layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("process {pid} is gone")]
+    ProcessGone { pid: u32 },
+    #[error("pidfd_open of pid {pid}: {source}")]
+    PidfdOpen { pid: u32, source: std::io::Error },
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("opening {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("no mounted cgroup hierarchy for {controllers:?} of pid {pid}")]
+    NoCgroupMount { pid: u32, controllers: String },
+    #[error("{what}: {source}")]
+    Sys {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("entering container of pid {pid} failed at {step}: {source}")]
+    Enter {
+        pid: u32,
+        step: &'static str,
+        source: std::io::Error,
+    },
+    #[error("invalid argument for container of pid {pid}: {reason}")]
+    Invalid { pid: u32, reason: String },
+    #[error("network namespace {path}: {reason}")]
+    Netns { path: PathBuf, reason: String },
+}
+
+impl Error {
+    /// Whether this error only says that the target process no longer exists.
+    pub fn is_gone(&self) -> bool {
+        match self {
+            Error::ProcessGone { .. } => true,
+            Error::PidfdOpen { source, .. }
+            | Error::Read { source, .. }
+            | Error::Open { source, .. } => source.raw_os_error() == Some(libc::ESRCH),
+            _ => false,
+        }
+    }
+}
