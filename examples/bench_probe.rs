@@ -16,7 +16,8 @@
 //!       http PORT PATH     runs an httpGet hook through the plugin's runner  → same
 //!       plain IP PORT PATH a plain HTTP GET from this (host) process         → same
 //! ```
-//! The hook commands time exactly the call the plugin makes (`hooks::run`), nothing around it.
+//! The hook commands time exactly the call the plugin's core makes for a hook
+//! (`Effects::run_hook` of the plugin's real `node::Node`), nothing around it.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
@@ -25,10 +26,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nri_lifecycle::annotations::{self, HookSpec};
-use nri_lifecycle::core::{HookOutcome, Target};
+use nri_lifecycle::config::Config;
+use nri_lifecycle::core::{Effects, HookOutcome, Target};
 use nri_lifecycle::model::{
     Capabilities, Container, ContainerState, EventKind, Mount, Namespace, Pod, ProcessSpec,
 };
+use nri_lifecycle::node::Node;
 use nri_lifecycle::nri::fake_runtime::{wire_container, wire_pod, FakeRuntime, Generation};
 use nri_lifecycle::nri::wire::api::ContainerState as WireState;
 use serde_json::{json, Value};
@@ -435,6 +438,8 @@ async fn hooks() -> Res<()> {
     let mut target: Option<Target> = None;
     let timeout = Duration::from_secs(10);
     let mut out = std::io::stdout().lock();
+    // The plugin's own effects: `run_hook` is what the core calls for every hook.
+    let node = Node::new(&Config::default());
     for line in stdin.lock().lines() {
         let line = line.map_err(|e| e.to_string())?;
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -449,7 +454,7 @@ async fn hooks() -> Res<()> {
             ["exec", cmd @ ..] if !cmd.is_empty() => match (&target, exec_spec(cmd)) {
                 (Some(t), Ok(spec)) => {
                     let start = Instant::now();
-                    let outcome = nri_lifecycle::hooks::run(&spec, t, timeout).await;
+                    let outcome = node.run_hook(&spec, t, timeout).await;
                     outcome_line(&outcome, start.elapsed().as_nanos() as u64)
                 }
                 (None, _) => "err 0 no target".into(),
@@ -460,7 +465,7 @@ async fn hooks() -> Res<()> {
                 match (&target, spec_of(&json, "app")) {
                     (Some(t), Ok(spec)) => {
                         let start = Instant::now();
-                        let outcome = nri_lifecycle::hooks::run(&spec, t, timeout).await;
+                        let outcome = node.run_hook(&spec, t, timeout).await;
                         outcome_line(&outcome, start.elapsed().as_nanos() as u64)
                     }
                     (None, _) => "err 0 no target".into(),
