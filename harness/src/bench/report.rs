@@ -136,6 +136,15 @@ pub struct Report {
     pub sizes: Vec<(String, u64)>,
     pub notes: Vec<String>,
     pub duration: Duration,
+    pub load_before: String,
+    pub load_after: String,
+}
+
+/// The 1, 5 and 15 minute load averages (other work on the machine shows in the figures).
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn verdict(met: Option<bool>) -> &'static str {
@@ -156,6 +165,8 @@ impl Report {
             sizes: Vec::new(),
             notes: Vec::new(),
             duration: Duration::ZERO,
+            load_before: loadavg(),
+            load_after: String::new(),
         }
     }
 
@@ -176,13 +187,15 @@ impl Report {
         );
         o.push_str("percentiles are nearest-rank; N is the number of samples per variant.\n\n");
         o.push_str(&format!(
-            "- Reproduce: `make bench` (options used: `{opts}`)\n- Machine: {} × {}, Linux {}, {}\n- containerd: {}\n- Whole run: {:.0} s\n\n",
+            "- Reproduce: `make bench` (options used: `{opts}`)\n- Machine: {} × {}, Linux {}, {}\n- containerd: {}\n- Whole run: {:.0} s; load average before {}, after {} (on a shared machine other work shows in the figures: compare rows of one table, which ran interleaved, rather than tables)\n\n",
             m.nproc,
             m.model,
             m.kernel,
             m.runc,
             if self.containerd.is_empty() { "not run".to_string() } else { self.containerd.join(", ") },
-            self.duration.as_secs_f64()
+            self.duration.as_secs_f64(),
+            self.load_before,
+            self.load_after
         ));
         o.push_str("## Summary\n\n| figure | target | result |\n|---|---|---|\n");
         for f in &self.figures {

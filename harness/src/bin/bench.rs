@@ -140,16 +140,13 @@ async fn main() -> anyhow::Result<()> {
         say(&format!(
             "{v}: starting nodes: NRI off, NRI on without plugins, the plugin pre-installed"
         ));
-        rep.containerd.push(format!(
-            "{v} ({})",
-            nri_harness::Install::locate().package_version(v)
-        ));
         if let Err(e) = on_version(v, &opts, &probe_bin, &mut rep).await {
             rep.note(format!("{v}: {e:#}"));
             eprintln!("bench: {v}: {e:#}");
         }
     }
     rep.duration = began.elapsed();
+    rep.load_after = report::loadavg();
     let text = rep.render(&opts_line(&opts));
     std::fs::write(&opts.output, &text)
         .with_context(|| format!("writing {}", opts.output.display()))?;
@@ -333,7 +330,8 @@ fn nri_timeouts(log: &str) -> Vec<String> {
     log.lines()
         .filter(|l| {
             let l = l.to_ascii_lowercase();
-            l.contains("nri")
+            (l.contains("level=warning") || l.contains("level=error"))
+                && l.contains("nri")
                 && (l.contains("timeout")
                     || l.contains("timed out")
                     || l.contains("deadline exceeded"))
@@ -645,7 +643,7 @@ async fn hook_latency(
         Some(x[1].median() >= 10.0 * x[0].median() && x[0].median() <= x[3].median())
     };
     f.lines.push(format!(
-        "busybox container running `sleep 3600`; the four variants interleaved, order rotated each round, {warmup} warm-up rounds dropped. \"ours\" times `hooks::run` itself (the call the plugin makes) in the bench_probe process; the others are timed around the CRI call or the child process. Ratios are reference ÷ ours (how many times faster ours is)."
+        "busybox container running `sleep 3600`; the four variants interleaved, order rotated each round, {warmup} warm-up rounds dropped. \"ours\" times `Effects::run_hook` of the plugin's `node::Node` (the call its core makes for every hook) in the bench_probe process; the others are timed around the CRI call or the child process. Ratios are reference ÷ ours (how many times faster ours is)."
     ));
     for k in 0..4 {
         if errors[k] > 0 {
@@ -698,7 +696,7 @@ async fn hook_latency(
         .push(Row::vs("ours (plugin's httpGet runner)", &y[0], &y[1], 1.5));
     f.met = (y[0].n() > 0).then(|| y[0].median() <= 1.5 * y[1].median());
     f.lines.push(format!(
-        "The test app serving HTTP in the pod on port 8080; `ip route get {ip}` checked to go via the node's bridge first. Both on a fresh connection each time, from the same process (bench_probe), interleaved; the plain GET is a hand-written HTTP/1.1 request over a std TcpStream. \"ours\" times `hooks::run` with an httpGet handler for the pod."
+        "The test app serving HTTP in the pod on port 8080; `ip route get {ip}` checked to go via the node's bridge first. Both on a fresh connection each time, from the same process (bench_probe), interleaved; the plain GET is a hand-written HTTP/1.1 request over a std TcpStream. \"ours\" times `Effects::run_hook` with an httpGet handler for the pod (its connection is made from inside the pod's network namespace)."
     ));
     for k in 0..2 {
         if herr[k] > 0 {
