@@ -1,0 +1,276 @@
+//! BENCHMARKS.md: the machine, the figures, their targets and whether they were met.
+
+use std::time::Duration;
+
+use crate::stats::{ms, ratio, Samples};
+
+/// What the figures were measured on.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub nproc: usize,
+    pub model: String,
+    pub kernel: String,
+    pub runc: String,
+}
+
+impl Machine {
+    pub fn detect() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|l| l.trim_start_matches([' ', '\t', ':']).trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        let runc = std::process::Command::new("/usr/sbin/runc")
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "unknown".into());
+        Machine {
+            nproc: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            model,
+            kernel,
+            runc,
+        }
+    }
+}
+
+/// One line of a figure's table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub name: String,
+    pub n: usize,
+    pub median: f64,
+    pub p95: f64,
+    /// "ratio (median)", "ratio (p95)".
+    pub ratio: (String, String),
+}
+
+impl Row {
+    pub fn plain(name: &str, s: &Samples) -> Row {
+        Row {
+            name: name.into(),
+            n: s.n(),
+            median: s.median(),
+            p95: s.p95(),
+            ratio: (String::new(), String::new()),
+        }
+    }
+
+    /// The reference the other rows are compared with.
+    pub fn reference(name: &str, s: &Samples) -> Row {
+        Row {
+            ratio: ("1.00× (reference)".into(), "1.00×".into()),
+            ..Row::plain(name, s)
+        }
+    }
+
+    /// `s` ÷ `reference`, with the target ratio.
+    pub fn vs(name: &str, s: &Samples, reference: &Samples, target: f64) -> Row {
+        Row {
+            ratio: (
+                format!(
+                    "{} (target ≤ {target:.2}×)",
+                    ratio(s.median(), reference.median())
+                ),
+                ratio(s.p95(), reference.p95()),
+            ),
+            ..Row::plain(name, s)
+        }
+    }
+
+    /// How many times slower this reference is than `ours`.
+    pub fn speedup(name: &str, s: &Samples, ours: &Samples) -> Row {
+        Row {
+            ratio: (
+                format!("ours {} faster", ratio(s.median(), ours.median())),
+                format!("ours {} faster", ratio(s.p95(), ours.p95())),
+            ),
+            ..Row::plain(name, s)
+        }
+    }
+}
+
+/// One figure.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    pub title: String,
+    pub target: String,
+    pub met: Option<bool>,
+    pub rows: Vec<Row>,
+    pub lines: Vec<String>,
+}
+
+impl Figure {
+    pub fn new(title: &str, target: &str) -> Figure {
+        Figure {
+            title: title.into(),
+            target: target.into(),
+            met: None,
+            rows: Vec::new(),
+            lines: Vec::new(),
+        }
+    }
+}
+
+/// The whole report.
+#[derive(Debug)]
+pub struct Report {
+    pub machine: Machine,
+    pub containerd: Vec<String>,
+    pub figures: Vec<Figure>,
+    /// (what, KiB, target KiB).
+    pub memory: Vec<(String, u64, u64)>,
+    /// (what, bytes).
+    pub sizes: Vec<(String, u64)>,
+    pub notes: Vec<String>,
+    pub duration: Duration,
+    pub load_before: String,
+    pub load_after: String,
+}
+
+/// The 1, 5 and 15 minute load averages (other work on the machine shows in the figures).
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "**met**",
+        Some(false) => "**MISSED**",
+        None => "**not measured**",
+    }
+}
+
+impl Report {
+    pub fn new(machine: Machine) -> Report {
+        Report {
+            machine,
+            containerd: Vec::new(),
+            figures: Vec::new(),
+            memory: Vec::new(),
+            sizes: Vec::new(),
+            notes: Vec::new(),
+            duration: Duration::ZERO,
+            load_before: loadavg(),
+            load_after: String::new(),
+        }
+    }
+
+    pub fn note(&mut self, text: String) {
+        self.notes.push(text);
+    }
+
+    pub fn render(&self, opts: &str) -> String {
+        let mut o = String::new();
+        let m = &self.machine;
+        o.push_str("# Benchmarks\n\n");
+        o.push_str(
+            "Generated by `make bench` (the harness's `bench` binary); do not edit by hand.\n",
+        );
+        o.push_str("Every figure is a ratio against its reference measured in the same run, the variants\n");
+        o.push_str(
+            "interleaved round by round (order rotated each round). Times in milliseconds;\n",
+        );
+        o.push_str("percentiles are nearest-rank; N is the number of samples per variant.\n\n");
+        o.push_str(&format!(
+            "- Reproduce: `make bench` (options used: `{opts}`)\n- Machine: {} × {}, Linux {}, {}\n- containerd: {}\n- Whole run: {:.0} s; load average before {}, after {} (on a shared machine other work shows in the figures: compare rows of one table, which ran interleaved, rather than tables)\n\n",
+            m.nproc,
+            m.model,
+            m.kernel,
+            m.runc,
+            if self.containerd.is_empty() { "not run".to_string() } else { self.containerd.join(", ") },
+            self.duration.as_secs_f64(),
+            self.load_before,
+            self.load_after
+        ));
+        o.push_str("## Summary\n\n| figure | target | result |\n|---|---|---|\n");
+        for f in &self.figures {
+            o.push_str(&format!(
+                "| {} | {} | {} |\n",
+                f.title,
+                f.target,
+                verdict(f.met)
+            ));
+        }
+        for (what, kib, target) in &self.memory {
+            o.push_str(&format!(
+                "| {what} | ≤ {} | {} ({}) |\n",
+                kib_text(*target),
+                verdict(Some(kib <= target)),
+                kib_text(*kib)
+            ));
+        }
+        for (what, bytes) in &self.sizes {
+            let met = if what.starts_with("gate") {
+                verdict(Some(*bytes < 1024 * 1024))
+            } else {
+                "(context)"
+            };
+            o.push_str(&format!(
+                "| {what} | {} | {met} ({:.0} KiB) |\n",
+                if what.starts_with("gate") {
+                    "< 1 MiB"
+                } else {
+                    "—"
+                },
+                *bytes as f64 / 1024.0
+            ));
+        }
+        o.push('\n');
+        for f in &self.figures {
+            o.push_str(&format!(
+                "## {}\n\nTarget: {} — {}\n\n",
+                f.title,
+                f.target,
+                verdict(f.met)
+            ));
+            o.push_str("| variant | N | median | p95 | ratio (median) | ratio (p95) |\n|---|---:|---:|---:|---|---|\n");
+            for r in &f.rows {
+                o.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} |\n",
+                    r.name,
+                    r.n,
+                    ms(r.median),
+                    ms(r.p95),
+                    r.ratio.0,
+                    r.ratio.1
+                ));
+            }
+            o.push('\n');
+            for l in &f.lines {
+                o.push_str(l);
+                o.push_str("\n\n");
+            }
+        }
+        if !self.notes.is_empty() {
+            o.push_str("## Notes from this run\n\n");
+            for n in &self.notes {
+                o.push_str(&format!("- {n}\n"));
+            }
+            o.push('\n');
+        }
+        o
+    }
+}
+
+fn kib_text(kib: u64) -> String {
+    if kib >= 1024 {
+        format!("{:.1} MiB", kib as f64 / 1024.0)
+    } else {
+        format!("{kib} KiB")
+    }
+}
