@@ -378,9 +378,16 @@ pub async fn run_external_linked(
             )
             .await
         };
+        let mut attempt = pin!(attempt);
         let result = tokio::select! {
-            result = attempt => Some(result),
-            () = &mut shutdown => None,
+            result = &mut attempt => Some(result),
+            () = &mut shutdown => {
+                // End the session the orderly way (its ttrpc server must finish shutting
+                // down, or its accept task panics when dropped midway), but not forever.
+                session.shutdown_requested.notify_one();
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE * 2, &mut attempt).await;
+                None
+            }
         };
         link.set(None);
         if registered.load(Ordering::SeqCst) {
