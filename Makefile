@@ -36,8 +36,8 @@ unit: ## unit tests only (no root, no containerd)
 demo: deps release ## a private containerd with the plugin, a pod with hooks, and what happened
 	$(CARGO) run -q -p nri-harness --bin demo -- --plugin $(RELEASE_BIN)
 
-bench: deps release ## benchmarks, side by side in one run; writes BENCHMARKS.md
-	$(CARGO) run --release -q -p nri-harness --bin bench -- --plugin $(RELEASE_BIN) --output BENCHMARKS.md
+bench: deps release ## benchmarks, side by side in one run; writes BENCHMARKS.md (BENCH_FLAGS=... for more rounds)
+	$(CARGO) run --release -q -p nri-harness --bin bench -- --plugin $(RELEASE_BIN) --output BENCHMARKS.md $(BENCH_FLAGS)
 
 install: release ## install the plugin as $(DESTDIR)$(PLUGIN_DIR)/$(PLUGIN_IDX)-nri-lifecycle
 	install -D -m 0755 $(RELEASE_BIN) $(DESTDIR)$(PLUGIN_DIR)/$(PLUGIN_IDX)-nri-lifecycle

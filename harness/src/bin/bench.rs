@@ -41,7 +41,7 @@ struct Opts {
 }
 
 const USAGE: &str = "usage: bench --plugin BIN [--output BENCHMARKS.md] [--versions 2.1,1.7] \
-[--exec-rounds 100] [--http-rounds 100] [--start-rounds 40] [--burst 100] [--events 10000] [--tracked 1000]";
+[--exec-rounds 100] [--http-rounds 100] [--start-rounds 80] [--burst 100] [--events 10000] [--tracked 1000]";
 
 fn parse_opts() -> anyhow::Result<Opts> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -51,7 +51,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
         versions: vec![Version::V2_1, Version::V1_7],
         exec_rounds: 100,
         http_rounds: 100,
-        start_rounds: 40,
+        start_rounds: 80,
         burst: 100,
         events: 10_000,
         tracked: 1_000,
