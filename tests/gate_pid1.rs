@@ -37,11 +37,7 @@ fn write_gate(path: &std::path::Path) {
 const EVENT_BOUND: Duration = Duration::from_secs(30);
 
 fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("!!! SKIPPED: the gate tests need root (unshare --pid); run them as root !!!");
-    false
+    nri_harness::require_root("gate_pid1 (unshare --pid)")
 }
 
 struct Gate {

@@ -213,8 +213,7 @@ async fn remove_and_resync_manage_directories() {
 
 #[tokio::test]
 async fn a_peer_in_another_pid_namespace_is_refused() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("!!! SKIPPED: needs root (unshare --pid); run the gate tests as root !!!");
+    if !nri_harness::require_root("a_peer_in_another_pid_namespace_is_refused") {
         return;
     }
     let f = fixture(false, PreStopOutcome::Done);

@@ -27,13 +27,13 @@ const APPLETS: &[&str] = &[
     "true", "false", "touch", "id", "setsid",
 ];
 
-fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("!!! hooks_runners tests need root (namespaces, cgroups): NOT RUN");
-        panic!("hooks_runners tests need root");
-    }
-    true
+/// These tests build their containers with namespaces and cgroups: without root they fail
+/// (loudly) rather than pass.
+fn require_root() {
+    assert!(
+        nri_harness::require_root("hooks_runners"),
+        "hooks_runners needs root"
+    );
 }
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);

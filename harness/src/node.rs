@@ -59,6 +59,12 @@ pub enum NodeError {
     Import { tar: PathBuf, stderr: String },
     #[error("leftovers after stopping the node in {dir}: {what:?}")]
     Leftovers { dir: PathBuf, what: Vec<String> },
+    #[error("the pre-installed plugin did not register with containerd; containerd log {log}:\n{tail}\nplugin log:\n{plugin}")]
+    PluginNotRegistered {
+        log: PathBuf,
+        tail: String,
+        plugin: String,
+    },
 }
 
 /// How the plugin is attached to the node.
@@ -444,6 +450,23 @@ impl Node {
         Ok(())
     }
 
+    /// containerd starts pre-installed plugins before it serves CRI: by now the plugin has
+    /// registered, or it never will (2.x then runs without it). Say so plainly.
+    fn check_registered(&self, plugin: &PluginMode, opts: &NodeOptions) -> Result<(), NodeError> {
+        if !matches!(plugin, PluginMode::Preinstalled(_)) || !opts.nri {
+            return Ok(());
+        }
+        let log = self.containerd_log();
+        if crate::plugin::registered(&log, "nri-lifecycle") {
+            return Ok(());
+        }
+        Err(NodeError::PluginNotRegistered {
+            log: self.paths.containerd_log.clone(),
+            tail: tail(&self.paths.containerd_log, 40),
+            plugin: self.plugin_log(),
+        })
+    }
+
     async fn wait_ready(
         &mut self,
         plugin: &PluginMode,
@@ -471,7 +494,7 @@ impl Node {
             if self.paths.grpc_socket.exists() {
                 if let Ok(mut cri) = Cri::connect(&self.paths.grpc_socket).await {
                     if cri.version().await.is_ok() {
-                        return Ok(());
+                        return self.check_registered(plugin, opts);
                     }
                 }
             }

@@ -1,13 +1,14 @@
 //! Sockets created inside a network namespace.
 //!
-//! A dedicated, short-lived `std::thread` enters the namespace, creates the socket (and, when
-//! asked, lists the namespace's addresses) and exits; the socket keeps belonging to that
-//! namespace wherever it is used afterwards, so it can be connected from tokio. No tokio
-//! thread ever changes namespace.
+//! A dedicated `std::thread` enters the namespace, creates the socket (and, when asked, lists
+//! the namespace's addresses) and returns to the plugin's own namespace; the socket keeps
+//! belonging to the pod's namespace wherever it is used afterwards, so it can be connected
+//! from tokio. No tokio thread ever changes namespace.
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex};
 
 use super::namespace::{NsHandle, NsKind};
 use super::Error;
@@ -26,6 +27,47 @@ fn netns_err(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
+/// A job for the namespace worker: given the worker's home namespace, it enters a network
+/// namespace, does its work, returns home, and says whether the worker may go on.
+type Job = Box<dyn FnOnce(&OwnedFd) -> bool + Send>;
+
+/// The queue of the namespace worker thread, started on first use.
+static WORKER: Mutex<Option<mpsc::Sender<Job>>> = Mutex::new(None);
+
+/// Runs `job` on the namespace worker: one dedicated `std::thread` (never a tokio thread)
+/// that enters a pod's network namespace only for the duration of one job and always
+/// returns to the plugin's own afterwards. A worker that cannot return ends, and the next
+/// job starts a fresh one, so no job ever runs in a namespace left over from another.
+/// Reusing the thread saves creating one per hook (most of an httpGet hook's overhead).
+fn submit(job: Job) -> Result<(), String> {
+    let mut worker = WORKER.lock().unwrap_or_else(|p| p.into_inner());
+    let job = match worker.as_ref() {
+        Some(tx) => match tx.send(job) {
+            Ok(()) => return Ok(()),
+            // The worker ended: start another with the same job.
+            Err(mpsc::SendError(job)) => job,
+        },
+        None => job,
+    };
+    let home = NsHandle::open(NsKind::Net, Path::new("/proc/thread-self/ns/net"))
+        .map_err(|e| format!("opening our own network namespace: {e}"))?;
+    let (tx, rx) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(move || {
+            for job in rx {
+                if !job(&home.fd) {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| format!("spawning the namespace thread: {e}"))?;
+    tx.send(job)
+        .map_err(|_| "the namespace thread ended at once".to_string())?;
+    *worker = Some(tx);
+    Ok(())
+}
+
 fn in_netns<T: Send + 'static>(
     netns: NsHandle,
     path: PathBuf,
@@ -33,25 +75,25 @@ fn in_netns<T: Send + 'static>(
 ) -> tokio::sync::oneshot::Receiver<Result<T, Error>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread_path = path.clone();
-    let spawned = std::thread::Builder::new()
-        .name("netns".into())
-        .spawn(move || {
-            // SAFETY: setns on a namespace fd we own, on this dedicated thread only; the
-            // thread ends right after, so its namespace is never reused.
-            let rc = unsafe { libc::setns(netns.fd.as_raw_fd(), libc::CLONE_NEWNET) };
-            let result = if rc != 0 {
-                Err(netns_err(
-                    &thread_path,
-                    format!("setns: {}", std::io::Error::last_os_error()),
-                ))
-            } else {
-                work().map_err(|r| netns_err(&thread_path, r))
-            };
-            let _ = tx.send(result);
-        });
-    if let Err(e) = spawned {
+    let job: Job = Box::new(move |home: &OwnedFd| {
+        // SAFETY: setns on a namespace fd we own, on the dedicated worker thread only.
+        let rc = unsafe { libc::setns(netns.fd.as_raw_fd(), libc::CLONE_NEWNET) };
+        let result = if rc != 0 {
+            Err(netns_err(
+                &thread_path,
+                format!("setns: {}", std::io::Error::last_os_error()),
+            ))
+        } else {
+            work().map_err(|r| netns_err(&thread_path, r))
+        };
+        // SAFETY: as above; `home` is the namespace this thread started in.
+        let back = unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } == 0;
+        let _ = tx.send(result);
+        back
+    });
+    if let Err(reason) = submit(job) {
         let (tx, rx2) = tokio::sync::oneshot::channel();
-        let _ = tx.send(Err(netns_err(&path, format!("spawning thread: {e}"))));
+        let _ = tx.send(Err(netns_err(&path, reason)));
         return rx2;
     }
     rx
