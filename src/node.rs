@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::annotations::{Action, HookSpec};
 use crate::config::Config;
@@ -217,8 +217,17 @@ impl Effects for Node {
             return GateStatus::Ungated("the runtime has not configured the plugin yet".into());
         };
         let params = GateParams::new(bound, pre_stop.stop_signal);
+        let started = std::time::Instant::now();
         match cur.containerd.gate_stored_spec(&container.id, &params).await {
-            Ok(_) => GateStatus::Gated,
+            Ok(rewrite) => {
+                debug!(
+                    container = %container.id,
+                    ?rewrite,
+                    took_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "gate put in front of the entrypoint through containerd's API"
+                );
+                GateStatus::Gated
+            }
             Err(e) => GateStatus::Ungated(format!(
                 "the runtime ignored the args adjustment and containerd's API at {} could not rewrite the spec: {e}",
                 cur.containerd.address().display()

@@ -147,7 +147,13 @@ async fn main() -> anyhow::Result<()> {
     }
     rep.duration = began.elapsed();
     rep.load_after = report::loadavg();
-    let text = rep.render(&opts_line(&opts));
+    let mut text = rep.render(&opts_line(&opts));
+    // The hand-written analysis (profiles, causes, before/after) follows the measurements.
+    let notes = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-notes.md");
+    if let Ok(analysis) = std::fs::read_to_string(&notes) {
+        text.push_str("\n");
+        text.push_str(&analysis);
+    }
     std::fs::write(&opts.output, &text)
         .with_context(|| format!("writing {}", opts.output.display()))?;
     println!("{text}");
