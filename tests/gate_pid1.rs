@@ -1,6 +1,8 @@
 //! The gate alone, as PID 1 of a fresh PID namespace (`unshare --fork --pid --mount-proc`),
 //! with this test playing the plugin on a temporary unix socket. Needs root.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -8,30 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::Duration;
 
+use common::write_gate;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use nri_lifecycle::gate::{embedded_gate, protocol};
-
-/// Writes the embedded gate to `path` from a child process: a write descriptor held by this
-/// (multi-threaded) test process could leak into a concurrent fork and make exec fail with
-/// ETXTBSY.
-fn write_gate(path: &std::path::Path) {
-    use std::io::Write as _;
-    let mut c = std::process::Command::new("sh")
-        .args(["-c", "cat > \"$0\" && chmod 755 \"$0\""])
-        .arg(path)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = c.stdin.take().unwrap();
-    stdin.write_all(embedded_gate()).unwrap();
-    drop(stdin);
-    assert!(
-        c.wait().unwrap().success(),
-        "cannot write {}",
-        path.display()
-    );
-}
 
 /// Upper bound for any single awaited event; reaching it fails the test.
 const EVENT_BOUND: Duration = Duration::from_secs(30);

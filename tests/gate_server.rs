@@ -1,6 +1,8 @@
 //! The plugin side of the gate: per-container sockets, the peer check, garbage and floods,
 //! one PreStop per stop, removal and resync. The peer check test needs root (a PID namespace).
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -8,34 +10,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::write_gate;
 use nri_lifecycle::gate::{
-    embedded_gate, protocol, GateServers, PreStopCallback, PreStopOutcome, GATED_ANNOTATION,
+    protocol, GateServers, PreStopCallback, PreStopOutcome, GATED_ANNOTATION,
 };
 use nri_lifecycle::model::{Container, ContainerState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::Notify;
-
-/// Writes the embedded gate to `path` from a child process: a write descriptor held by this
-/// (multi-threaded) test process could leak into a concurrent fork and make exec fail with
-/// ETXTBSY.
-fn write_gate(path: &std::path::Path) {
-    use std::io::Write as _;
-    let mut c = std::process::Command::new("sh")
-        .args(["-c", "cat > \"$0\" && chmod 755 \"$0\""])
-        .arg(path)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = c.stdin.take().unwrap();
-    stdin.write_all(embedded_gate()).unwrap();
-    drop(stdin);
-    assert!(
-        c.wait().unwrap().success(),
-        "cannot write {}",
-        path.display()
-    );
-}
 
 /// Upper bound for any awaited event; reaching it fails the test.
 const EVENT_BOUND: Duration = Duration::from_secs(30);
