@@ -328,10 +328,13 @@ async fn gated_container_exits_and_logs_as_without_gate() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         cri.stop_container(&id, 10).await.expect("stop");
         let st = cri.container_status(&id).await.expect("status");
-        let lines: Vec<(String, String)> = nri_harness::cri::read_log(Path::new(&st.log_path))
+        // Lines in order within each stream (the runtime copies stdout and stderr
+        // separately, so their interleaving is not defined with or without the gate).
+        let mut lines: Vec<(String, String)> = nri_harness::cri::read_log(Path::new(&st.log_path))
             .into_iter()
             .map(|l| (l.stream, l.text))
             .collect();
+        lines.sort_by(|a, b| a.0.cmp(&b.0));
         outcomes.push((st.exit_code, lines));
         cri.remove_container(&id).await.expect("remove");
         cri.delete_pod(&pod).await.expect("delete pod");
