@@ -27,10 +27,12 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// File name of this build's gate: `nri-lifecycle-gate-<version>-<content hash>`. Two plugin
 /// builds never share a name unless their gates are byte for byte the same.
 pub fn gate_file_name() -> String {
+    // Hashing the binary is the only cost here; do it once per process.
+    static HASH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     format!(
         "nri-lifecycle-gate-{}-{:016x}",
         env!("CARGO_PKG_VERSION"),
-        fnv1a(GATE)
+        HASH.get_or_init(|| fnv1a(GATE))
     )
 }
 
