@@ -524,3 +524,77 @@ async fn tcp_socket_from_inside_the_pod() {
         Outcome::Failed { .. }
     ));
 }
+
+/// An HTTPS server with a self-signed certificate inside the container's network namespace:
+/// answers one connection with 200 and records the request head.
+fn serve_tls_in(netns_pid: u32, port: u16) -> Arc<Mutex<Vec<String>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let cert = rcgen::generate_simple_self_signed(vec!["pod.test".to_string()]).unwrap();
+    let der = cert.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der], key)
+        .unwrap();
+    let config = Arc::new(config);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(format!("/proc/{netns_pid}/ns/net")).unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: this dedicated test thread enters the test's own namespace and ends
+        // after serving.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let listener = TcpListener::bind((POD_IP, port)).unwrap();
+        tx.send(()).unwrap();
+        let (tcp, _) = listener.accept().unwrap();
+        let conn = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && tls.read(&mut b).unwrap_or(0) == 1 {
+            head.push(b[0]);
+        }
+        record
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&head).into_owned());
+        let _ = tls
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecure");
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+    });
+    rx.recv().unwrap();
+    seen
+}
+
+#[tokio::test]
+async fn https_get_without_certificate_verification() {
+    let c = Container::start();
+    let seen = serve_tls_in(c.init, 8443);
+    let spec = HookSpec {
+        action: Action::HttpGet(HttpGet {
+            path: "/secure".into(),
+            port: 8443,
+            host: None,
+            scheme: Scheme::Https,
+            headers: vec![],
+        }),
+        ..exec(&[])
+    };
+    assert_eq!(
+        run_hook(&spec, &c.target(), &Limits::default()).await,
+        Outcome::Succeeded {
+            output: "secure".into()
+        }
+    );
+    let heads = seen.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1);
+    assert!(heads[0].starts_with("GET /secure HTTP/1.1"), "{}", heads[0]);
+}
