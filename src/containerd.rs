@@ -138,11 +138,15 @@ pub fn flags_from_cmdline(cmdline: &[u8]) -> (Option<String>, Option<String>) {
 
 /// Finds containerd's gRPC socket: `configured` if given, else from the parent process (when it
 /// is containerd), else from the default config file, else [`DEFAULT_ADDRESS`].
-pub fn discover_address(configured: Option<&Path>) -> PathBuf {
+pub fn discover_address(configured: Option<&Path>, runtime_pid: Option<u32>) -> PathBuf {
     if let Some(p) = configured {
         return p.to_path_buf();
     }
-    let ppid = std::os::unix::process::parent_id();
+    // The runtime at the other end of the NRI socket (both launch modes), else our parent
+    // (the runtime that started a pre-installed plugin).
+    let ppid = runtime_pid
+        .filter(|&p| p != 0)
+        .unwrap_or_else(std::os::unix::process::parent_id);
     let parent_is_containerd = std::fs::read_link(format!("/proc/{ppid}/exe"))
         .map(|exe| {
             exe.file_name()
@@ -371,7 +375,7 @@ mod tests {
     #[test]
     fn configured_address_wins() {
         assert_eq!(
-            discover_address(Some(Path::new("/run/mine.sock"))),
+            discover_address(Some(Path::new("/run/mine.sock")), None),
             PathBuf::from("/run/mine.sock")
         );
     }

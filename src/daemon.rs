@@ -43,7 +43,7 @@ impl Daemon {
         &self.core
     }
 
-    fn apply_config(&self, config: Config) {
+    fn apply_config(&self, config: Config, runtime_pid: u32) {
         if let Err(e) = self
             .logging
             .apply(config.log_file.as_deref(), &config.log_level)
@@ -52,7 +52,7 @@ impl Daemon {
             self.logging.sink.set_stderr();
             warn!(error = %e, path = ?config.log_file, "cannot open the configured log file");
         }
-        self.node.configure(&config);
+        self.node.configure(&config, runtime_pid);
         self.core.set_config(config);
     }
 }
@@ -66,16 +66,16 @@ impl Handler for Daemon {
     async fn configure(&self, info: RuntimeInfo) {
         if !info.config.trim().is_empty() {
             match Config::from_toml(&info.config) {
-                Ok(config) => self.apply_config(config),
+                Ok(config) => self.apply_config(config, info.runtime_pid),
                 Err(e) => {
-                    self.apply_config((*self.core.config()).clone());
+                    self.apply_config((*self.core.config()).clone(), info.runtime_pid);
                     warn!(error = %e, "the plugin config handed over by the runtime is invalid: using defaults");
                 }
             }
         } else if !self.keep_config {
-            self.apply_config(Config::default());
+            self.apply_config(Config::default(), info.runtime_pid);
         } else {
-            self.apply_config((*self.core.config()).clone());
+            self.apply_config((*self.core.config()).clone(), info.runtime_pid);
         }
         self.core.configure(info).await;
     }

@@ -20,6 +20,8 @@ pub struct RuntimeInfo {
     pub registration_timeout_ms: u64,
     /// The plugin config string handed over by the runtime, if any.
     pub config: String,
+    /// PID of the runtime process at the other end of the NRI socket (0 when unknown).
+    pub runtime_pid: u32,
 }
 
 /// A Linux namespace of a pod or container, as the OCI spec names it.

@@ -62,8 +62,11 @@ impl Node {
 
     /// Applies a (new) config: writes out the gate binary and sets up the socket servers under
     /// the runtime directory. Kept as is when the runtime directory did not change.
-    pub fn configure(&self, config: &Config) {
-        let address = containerd::discover_address(config.containerd_address.as_deref());
+    /// `runtime_pid` is the runtime at the other end of the NRI socket (0 when unknown): its
+    /// command line and config say where containerd's API is.
+    pub fn configure(&self, config: &Config, runtime_pid: u32) {
+        let address =
+            containerd::discover_address(config.containerd_address.as_deref(), Some(runtime_pid));
         if let Some(cur) = self.current() {
             if cur.runtime_dir == config.runtime_dir
                 && cur.containerd.address() == address.as_path()

@@ -525,3 +525,74 @@ async fn another_container_cannot_trigger_a_prestop() {
     drop(cri);
     node.stop().await.unwrap_or_else(|e| panic!("{v}: {e}"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_plugin_still_holds_the_stop() {
+    if !nri_harness::require_root("restarted_plugin_still_holds_the_stop") {
+        return;
+    }
+    use nri_harness::plugin::{wait_registered, ExternalPlugin, EXTERNAL_NAME};
+    let hook =
+        r#"{"exec":{"command":["sh","-c","/testapp write /shared/prestop {now}; sleep 1"]}}"#;
+    for v in Version::ALL {
+        let node = Node::start(v, PluginMode::External)
+            .await
+            .unwrap_or_else(|e| panic!("{v}: {e}"));
+        let plugin = PathBuf::from(PLUGIN);
+        let mut first = ExternalPlugin::spawn(&plugin, &node).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            wait_registered(&node, EXTERNAL_NAME, Duration::from_secs(15)).await,
+            "{v}: external plugin did not register:\n{}",
+            first.output()
+        );
+        let mut cri = node.cri().await.expect("cri");
+        let app = start_app(
+            &node,
+            &mut cri,
+            "resync",
+            &[("prestop.lifecycle.nri.io/container.app", hook)],
+            false,
+            &[],
+        )
+        .await;
+        let pid = cri.container_pid(&app.id).await.expect("pid");
+        assert_eq!(
+            cmdline(pid).first().map(String::as_str),
+            Some("/.nri-lifecycle/gate"),
+            "{v}: gated"
+        );
+
+        // The plugin goes away and comes back: Synchronize must re-open the container's socket.
+        first.stop(Duration::from_secs(5));
+        let before = node.containerd_log().matches("connected").count();
+        let second = ExternalPlugin::spawn(&plugin, &node).unwrap_or_else(|e| panic!("{e}"));
+        let reconnected = node
+            .wait_containerd_log(Duration::from_secs(15), |l| {
+                l.matches("connected").count() > before
+            })
+            .await;
+        assert!(
+            reconnected.is_some(),
+            "{v}: plugin did not reconnect:\n{}",
+            second.output()
+        );
+
+        let asked = unix_now();
+        cri.stop_container(&app.id, 30).await.expect("stop");
+        let start = stamp(&app.shared.join("prestop")).unwrap_or_else(|| {
+            panic!(
+                "{v}: PreStop did not run after the plugin restart\n{}",
+                node.diagnostics()
+            )
+        });
+        let term = stamp(&app.shared.join("term")).unwrap_or_else(|| panic!("{v}: no SIGTERM"));
+        assert!(
+            asked <= start && start + 1.0 <= term,
+            "{v}: the restarted plugin did not hold the stop ({asked} {start} {term})"
+        );
+        finish(&mut cri, app).await;
+        drop(cri);
+        drop(second);
+        node.stop().await.unwrap_or_else(|e| panic!("{v}: {e}"));
+    }
+}

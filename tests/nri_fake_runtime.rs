@@ -199,6 +199,8 @@ async fn subscription_mask_has_one_bit_per_wanted_event() {
             request_timeout_ms: 2_000,
             registration_timeout_ms: 5_000,
             config: "{\"x\":1}".into(),
+            // The fake runtime is this process, at the other end of a socketpair.
+            runtime_pid: std::process::id(),
         })]
     );
 

@@ -203,6 +203,10 @@ async fn serve_session(
     registered: Option<&AtomicBool>,
 ) -> Result<(), NriError> {
     reg.validate()?;
+    if let Some(pid) = stream.peer_cred().ok().and_then(|c| c.pid()) {
+        let pid = u32::try_from(pid).unwrap_or(0);
+        session.runtime_pid.store(pid, Ordering::Relaxed);
+    }
     let mut mux = Mux::new(stream, &[PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN])?;
     let (Some(plugin_conn), Some(runtime_conn)) = (
         mux.take(PLUGIN_SERVICE_CONN),

@@ -57,6 +57,8 @@ pub(crate) struct Session {
     /// Set once the runtime has sent `Shutdown`.
     pub shutdown_requested: Notify,
     handler_shut_down: AtomicBool,
+    /// The runtime's PID, from the NRI socket's peer credentials (0 when unknown).
+    pub runtime_pid: std::sync::atomic::AtomicU32,
 }
 
 impl Session {
@@ -231,6 +233,7 @@ pub fn runtime_info(req: api::ConfigureRequest) -> RuntimeInfo {
         request_timeout_ms: ms(req.request_timeout, DEFAULT_REQUEST_TIMEOUT_MS),
         registration_timeout_ms: ms(req.registration_timeout, DEFAULT_REGISTRATION_TIMEOUT_MS),
         config: req.config,
+        runtime_pid: 0,
     }
 }
 
@@ -241,7 +244,8 @@ impl api_ttrpc::Plugin for PluginService {
         _ctx: &TtrpcContext,
         req: api::ConfigureRequest,
     ) -> ttrpc::Result<api::ConfigureResponse> {
-        let info = runtime_info(req);
+        let mut info = runtime_info(req);
+        info.runtime_pid = self.session.runtime_pid.load(Ordering::Relaxed);
         tracing::info!(
             runtime = %info.runtime_name,
             version = %info.runtime_version,
