@@ -371,10 +371,14 @@ impl Node {
         }
         if let PluginMode::Preinstalled(bin) = plugin {
             let dst = p.plugin_dir.join(PLUGIN_FILE);
-            std::fs::copy(bin, &dst).map_err(|source| NodeError::Prepare {
-                path: bin.clone(),
-                source,
-            })?;
+            // A hard link where possible: a debug build of the plugin is large, and every node
+            // start would otherwise write a copy of it.
+            if std::fs::hard_link(bin, &dst).is_err() {
+                std::fs::copy(bin, &dst).map_err(|source| NodeError::Prepare {
+                    path: bin.clone(),
+                    source,
+                })?;
+            }
             std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).map_err(
                 |source| NodeError::Prepare {
                     path: dst.clone(),
