@@ -141,7 +141,7 @@ impl Hooks {
         let mut w = a.splitn(3, ' ');
         match (w.next(), w.next()) {
             (Some("ok"), Some(ns)) => Ok(ns.parse::<f64>().context("nanoseconds")? / 1e9),
-            _ => bail!("{}", a.splitn(3, ' ').nth(2).unwrap_or(&a).to_string()),
+            _ => bail!("{}", a.splitn(3, ' ').nth(2).unwrap_or(&a)),
         }
     }
 

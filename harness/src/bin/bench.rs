@@ -151,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
     // The hand-written analysis (profiles, causes, before/after) follows the measurements.
     let notes = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-notes.md");
     if let Ok(analysis) = std::fs::read_to_string(&notes) {
-        text.push_str("\n");
+        text.push('\n');
         text.push_str(&analysis);
     }
     std::fs::write(&opts.output, &text)
