@@ -4,6 +4,7 @@
 //! removing it cleans up.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nri_lifecycle::config::Config;
@@ -18,15 +19,16 @@ use nri_lifecycle::nri::{self, Registration};
 async fn connected(
     generation: Generation,
     runtime_dir: &std::path::Path,
-) -> (FakeRuntime, tokio::task::JoinHandle<()>) {
+) -> (FakeRuntime, Arc<Daemon>, tokio::task::JoinHandle<()>) {
     let (rt, plugin_end) = FakeRuntime::pair(generation).await.expect("fake runtime");
     let daemon = Daemon::new(Config::default(), Logging::init("info"), true);
+    let served = Arc::clone(&daemon);
     let task = tokio::spawn(async move {
         let reg = Registration {
             name: "nri-lifecycle".into(),
             index: "10".into(),
         };
-        let _ = nri::serve(plugin_end, reg, daemon).await;
+        let _ = nri::serve(plugin_end, reg, served).await;
     });
     let reg = rt.registered().await.expect("registration");
     assert_eq!(
@@ -57,14 +59,14 @@ async fn connected(
         "{generation:?}: subscribed to updates it never uses"
     );
     rt.synchronize(&[], &[], 10).await.expect("synchronize");
-    (rt, task)
+    (rt, daemon, task)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_annotation_refused_and_prestop_gated_in_both_generations() {
     for generation in [Generation::StateChangeOnly, Generation::V012] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (rt, task) = connected(generation, dir.path()).await;
+        let (rt, daemon, task) = connected(generation, dir.path()).await;
         let pod = wire_pod("pod1", "web", "default");
 
         // A malformed hook: the create fails with the key, field and problem.
@@ -136,14 +138,32 @@ async fn bad_annotation_refused_and_prestop_gated_in_both_generations() {
             ["--", "/app", "--serve"]
         );
 
-        // No containerd here: post-create cannot rewrite the spec and answers anyway, fast.
+        // A v0.12 runtime applies the args adjustment: post-create sees the gate already in
+        // front and needs nothing more. The older generation ignores it, and without a
+        // containerd here the stored spec cannot be rewritten: the container stays ungated
+        // (PreStop best-effort), and post-create still answers promptly.
+        let mut created = good.clone();
+        if generation == Generation::V012 {
+            created.args = adjust.args.clone();
+        }
         let started = std::time::Instant::now();
-        rt.event(EventKind::PostCreateContainer, &pod, &good)
+        rt.event(EventKind::PostCreateContainer, &pod, &created)
             .await
             .expect("post-create");
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "post-create held the runtime"
+        );
+        let row = daemon
+            .core()
+            .containers()
+            .into_iter()
+            .find(|r| r.id == "c-good")
+            .expect("c-good tracked");
+        assert_eq!(
+            row.gated,
+            generation == Generation::V012,
+            "{generation:?}: gated"
         );
 
         // A container without hooks is not touched.
