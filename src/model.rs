@@ -139,6 +139,21 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every event kind, in the order of NRI's event numbers.
+    pub const ALL: [EventKind; 11] = [
+        EventKind::RunPodSandbox,
+        EventKind::StopPodSandbox,
+        EventKind::RemovePodSandbox,
+        EventKind::CreateContainer,
+        EventKind::PostCreateContainer,
+        EventKind::StartContainer,
+        EventKind::PostStartContainer,
+        EventKind::UpdateContainer,
+        EventKind::PostUpdateContainer,
+        EventKind::StopContainer,
+        EventKind::RemoveContainer,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::RunPodSandbox => "RunPodSandbox",

@@ -9,20 +9,6 @@ use nri_lifecycle::nri::fake_runtime::{
 };
 use nri_lifecycle::nri::{self, Handler, Registration};
 
-const ALL_EVENTS: [EventKind; 11] = [
-    EventKind::RunPodSandbox,
-    EventKind::StopPodSandbox,
-    EventKind::RemovePodSandbox,
-    EventKind::CreateContainer,
-    EventKind::PostCreateContainer,
-    EventKind::StartContainer,
-    EventKind::PostStartContainer,
-    EventKind::UpdateContainer,
-    EventKind::PostUpdateContainer,
-    EventKind::StopContainer,
-    EventKind::RemoveContainer,
-];
-
 const BAD_KEY: &str = "poststart.lifecycle.nri.io/container.app";
 const BAD_MESSAGE: &str =
     "annotation poststart.lifecycle.nri.io/container.app: field exec.command: must not be empty";
@@ -149,7 +135,7 @@ async fn connected(
 async fn registers_with_name_and_index() {
     for generation in [Generation::StateChangeOnly, Generation::V012] {
         let (fake, plugin_end) = FakeRuntime::pair(generation).await.unwrap();
-        let handler: Arc<dyn Handler> = Recorder::new(&ALL_EVENTS);
+        let handler: Arc<dyn Handler> = Recorder::new(&EventKind::ALL);
         let plugin = tokio::spawn(nri::serve(plugin_end, registration(), handler));
         let reg = fake.registered().await.unwrap();
         assert_eq!(reg.name, "lifecycle");
@@ -218,7 +204,7 @@ async fn subscription_mask_has_one_bit_per_wanted_event() {
 
 #[tokio::test]
 async fn configure_carries_v012_fields() {
-    let handler = Recorder::new(&ALL_EVENTS);
+    let handler = Recorder::new(&EventKind::ALL);
     let (fake, plugin) = connected(Generation::V012, handler.clone()).await;
     let Some(Call::Configure(info)) = handler.calls().first().cloned() else {
         panic!("no configure: {:?}", handler.calls());
@@ -232,7 +218,7 @@ async fn configure_carries_v012_fields() {
 
 #[tokio::test]
 async fn synchronize_joins_all_pages_before_the_handler_sees_them() {
-    let handler = Recorder::new(&ALL_EVENTS);
+    let handler = Recorder::new(&EventKind::ALL);
     let (fake, plugin) = connected(Generation::V012, handler.clone()).await;
 
     let pods: Vec<_> = (0..5)
@@ -277,7 +263,7 @@ async fn synchronize_joins_all_pages_before_the_handler_sees_them() {
 #[tokio::test]
 async fn every_event_is_answered_in_both_generations() {
     for generation in [Generation::StateChangeOnly, Generation::V012] {
-        let handler = Recorder::new(&ALL_EVENTS);
+        let handler = Recorder::new(&EventKind::ALL);
         let (fake, plugin) = connected(generation, handler.clone()).await;
         let mut pod = wire_pod("p1", "web", "default");
         pod.ips = vec!["10.88.0.5".into()];
@@ -285,10 +271,10 @@ async fn every_event_is_answered_in_both_generations() {
         ctr.pid = 4242;
 
         let mut routes = Vec::new();
-        for kind in ALL_EVENTS {
+        for kind in EventKind::ALL {
             routes.push(fake.event(kind, &pod, &ctr).await.unwrap());
         }
-        let expected: Vec<&str> = ALL_EVENTS
+        let expected: Vec<&str> = EventKind::ALL
             .iter()
             .map(|&k| match (generation, k) {
                 (_, EventKind::CreateContainer) => "CreateContainer",
@@ -303,7 +289,7 @@ async fn every_event_is_answered_in_both_generations() {
         // Create goes to create_container; everything else is one Event, whichever RPC.
         let events = handler.events();
         let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
-        let want: Vec<_> = ALL_EVENTS
+        let want: Vec<_> = EventKind::ALL
             .iter()
             .copied()
             .filter(|&k| k != EventKind::CreateContainer)
@@ -354,7 +340,7 @@ async fn every_event_is_answered_in_both_generations() {
 #[tokio::test]
 async fn invalid_create_is_refused_with_the_handlers_message() {
     for generation in [Generation::StateChangeOnly, Generation::V012] {
-        let handler = Recorder::new(&ALL_EVENTS);
+        let handler = Recorder::new(&EventKind::ALL);
         let (fake, plugin) = connected(generation, handler.clone()).await;
         let pod = wire_pod("p1", "web", "default");
 
@@ -396,7 +382,7 @@ async fn invalid_create_is_refused_with_the_handlers_message() {
 
 #[tokio::test]
 async fn shutdown_from_the_runtime_ends_serve_cleanly() {
-    let handler = Recorder::new(&ALL_EVENTS);
+    let handler = Recorder::new(&EventKind::ALL);
     let (fake, plugin) = connected(Generation::StateChangeOnly, handler.clone()).await;
     fake.shutdown().await.unwrap();
     // The runtime closes its end after Shutdown, as containerd does.
@@ -407,7 +393,7 @@ async fn shutdown_from_the_runtime_ends_serve_cleanly() {
 
 #[tokio::test]
 async fn runtime_closing_the_connection_ends_serve_cleanly() {
-    let handler = Recorder::new(&ALL_EVENTS);
+    let handler = Recorder::new(&EventKind::ALL);
     let (fake, plugin) = connected(Generation::V012, handler.clone()).await;
     drop(fake);
     plugin.await.unwrap().unwrap();
@@ -416,7 +402,7 @@ async fn runtime_closing_the_connection_ends_serve_cleanly() {
 
 #[tokio::test]
 async fn plugin_ending_is_seen_by_the_runtime() {
-    let handler = Recorder::new(&ALL_EVENTS);
+    let handler = Recorder::new(&EventKind::ALL);
     let (fake, plugin) = connected(Generation::V012, handler.clone()).await;
     plugin.abort();
     assert!(plugin.await.unwrap_err().is_cancelled());
@@ -429,7 +415,7 @@ async fn external_mode_reconnects_and_registers_again() {
     let path = dir.path().join("nri.sock");
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
 
-    let handler = Recorder::new(&ALL_EVENTS);
+    let handler = Recorder::new(&EventKind::ALL);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let h: Arc<dyn Handler> = handler.clone();
     let plugin_path = path.clone();
@@ -485,7 +471,7 @@ async fn external_mode_reconnects_and_registers_again() {
 #[tokio::test]
 async fn a_bad_registration_is_refused_before_connecting() {
     let dir = tempfile::tempdir().unwrap();
-    let handler: Arc<dyn Handler> = Recorder::new(&ALL_EVENTS);
+    let handler: Arc<dyn Handler> = Recorder::new(&EventKind::ALL);
     let bad = Registration {
         name: "lifecycle".into(),
         index: "1".into(),
@@ -506,7 +492,7 @@ async fn runtime_link_reaches_the_runtime_while_connected() {
     let (fake, plugin_end) = FakeRuntime::pair(Generation::V012).await.unwrap();
     let link = nri::RuntimeLink::default();
     assert!(!link.is_connected());
-    let h: Arc<dyn Handler> = Recorder::new(&ALL_EVENTS);
+    let h: Arc<dyn Handler> = Recorder::new(&EventKind::ALL);
     let plugin_link = link.clone();
     let plugin = tokio::spawn(async move {
         nri::serve_linked(plugin_end, registration(), h, &plugin_link).await
