@@ -217,7 +217,34 @@ impl Core {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
+        self.resize_permits(guard.max_concurrent_hooks, config.max_concurrent_hooks);
         *guard = Arc::new(config);
+    }
+
+    /// Makes the hook semaphore hold `new` permits instead of `old` (a pre-installed plugin
+    /// learns its `max_concurrent_hooks` only from the runtime's config). Permits held by
+    /// running hooks are taken back as those hooks end.
+    fn resize_permits(&self, old: usize, new: usize) {
+        let permits = &self.inner.permits;
+        if new > old {
+            permits.add_permits(new - old);
+            return;
+        }
+        let extra = old - new;
+        let rest = extra - permits.forget_permits(extra);
+        if rest == 0 {
+            return;
+        }
+        let (Ok(handle), Ok(n)) = (tokio::runtime::Handle::try_current(), u32::try_from(rest))
+        else {
+            return;
+        };
+        let permits = Arc::clone(permits);
+        handle.spawn(async move {
+            if let Ok(taken) = permits.acquire_many_owned(n).await {
+                taken.forget();
+            }
+        });
     }
 
     /// What the runtime told us about itself.
@@ -858,6 +885,39 @@ mod tests {
 
     fn core(fake: Arc<Fake>) -> Core {
         Core::new(Config::default(), fake)
+    }
+
+    #[tokio::test]
+    async fn hook_concurrency_follows_the_config() {
+        let core = core(Arc::new(Fake::default()));
+        assert_eq!(core.inner.permits.available_permits(), 64);
+        core.set_config(Config {
+            max_concurrent_hooks: 2,
+            ..Config::default()
+        });
+        assert_eq!(core.inner.permits.available_permits(), 2);
+        // Shrinking while hooks hold permits takes them back as the hooks end.
+        let held = core
+            .inner
+            .permits
+            .clone()
+            .acquire_many_owned(2)
+            .await
+            .unwrap();
+        core.set_config(Config {
+            max_concurrent_hooks: 1,
+            ..Config::default()
+        });
+        drop(held);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(core.inner.permits.available_permits(), 1);
+        core.set_config(Config {
+            max_concurrent_hooks: 8,
+            ..Config::default()
+        });
+        assert_eq!(core.inner.permits.available_permits(), 8);
     }
 
     #[tokio::test]
