@@ -26,7 +26,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nri_lifecycle::annotations::{self, HookSpec};
-use nri_lifecycle::config::Config;
 use nri_lifecycle::core::{Effects, HookOutcome, Target};
 use nri_lifecycle::model::{
     Capabilities, Container, ContainerState, EventKind, Mount, Namespace, Pod, ProcessSpec,
@@ -439,7 +438,7 @@ async fn hooks() -> Res<()> {
     let timeout = Duration::from_secs(10);
     let mut out = std::io::stdout().lock();
     // The plugin's own effects: `run_hook` is what the core calls for every hook.
-    let node = Node::new(&Config::default());
+    let node = Node::new();
     for line in stdin.lock().lines() {
         let line = line.map_err(|e| e.to_string())?;
         let words: Vec<&str> = line.split_whitespace().collect();

@@ -679,7 +679,7 @@ impl Core {
 }
 
 /// Milliseconds with two decimals, for logs.
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0
 }
 

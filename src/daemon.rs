@@ -28,7 +28,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(config: Config, logging: Logging, keep_config: bool) -> Arc<Daemon> {
-        let node = Node::new(&config);
+        let node = Node::new();
         let core = Core::new(config, node.clone());
         node.attach(&core);
         Arc::new(Daemon {

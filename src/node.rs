@@ -40,7 +40,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Node {
-    pub fn new(_config: &Config) -> Arc<Node> {
+    pub fn new() -> Arc<Node> {
         Arc::new(Node {
             core: OnceLock::new(),
             configured: RwLock::new(None),
@@ -226,7 +226,7 @@ impl Effects for Node {
                 debug!(
                     container = %container.id,
                     ?rewrite,
-                    took_ms = started.elapsed().as_secs_f64() * 1e3,
+                    took_ms = crate::core::ms(started.elapsed()),
                     "gate put in front of the entrypoint through containerd's API"
                 );
                 GateStatus::Gated
