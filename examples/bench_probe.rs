@@ -26,13 +26,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nri_lifecycle::annotations::{self, HookSpec};
-use nri_lifecycle::core::{Effects, HookOutcome, Target};
+use nri_lifecycle::core::{self, Effects};
+use nri_lifecycle::hooks::{self, Outcome as HookOutcome, Target};
+use nri_lifecycle::logging::Logging;
 use nri_lifecycle::model::{
     Capabilities, Container, ContainerState, EventKind, Mount, Namespace, Pod, ProcessSpec,
 };
 use nri_lifecycle::node::Node;
 use nri_lifecycle::nri::fake_runtime::{wire_container, wire_pod, FakeRuntime, Generation};
 use nri_lifecycle::nri::wire::api::ContainerState as WireState;
+use nri_lifecycle::ns::pidfd::PidFd;
 use serde_json::{json, Value};
 
 type Res<T> = Result<T, String>;
@@ -381,10 +384,15 @@ fn target_from(file: &Path) -> Res<Target> {
             .collect(),
         ..Default::default()
     };
+    let init = PidFd::open(container.pid).map_err(|e| e.to_string())?;
     Ok(Target {
-        pod,
-        container,
-        allowed_hosts: Vec::new(),
+        container_id: container.id.clone(),
+        init: Some(std::sync::Arc::new(init)),
+        process: Some(container.process.clone()),
+        bundle: None,
+        pod_ips: pod.ips.clone(),
+        pod_netns: pod.netns_path().map(PathBuf::from),
+        pod_pid: pod.pid,
     })
 }
 
@@ -435,10 +443,14 @@ fn plain_get(ip: &str, port: &str, path: &str) -> Res<()> {
 async fn hooks() -> Res<()> {
     let stdin = std::io::stdin();
     let mut target: Option<Target> = None;
-    let timeout = Duration::from_secs(10);
+    let limits = hooks::Limits {
+        default_timeout: Duration::from_secs(10),
+        ..hooks::Limits::default()
+    };
     let mut out = std::io::stdout().lock();
     // The plugin's own effects: `run_hook` is what the core calls for every hook.
-    let node = Node::new();
+    let (inbox, _inlet) = core::channel();
+    let node = Node::new(Logging::init("warn"), inbox);
     for line in stdin.lock().lines() {
         let line = line.map_err(|e| e.to_string())?;
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -453,7 +465,7 @@ async fn hooks() -> Res<()> {
             ["exec", cmd @ ..] if !cmd.is_empty() => match (&target, exec_spec(cmd)) {
                 (Some(t), Ok(spec)) => {
                     let start = Instant::now();
-                    let outcome = node.run_hook(&spec, t, timeout).await;
+                    let outcome = node.run_hook(&spec, t, &limits).await;
                     outcome_line(&outcome, start.elapsed().as_nanos() as u64)
                 }
                 (None, _) => "err 0 no target".into(),
@@ -464,7 +476,7 @@ async fn hooks() -> Res<()> {
                 match (&target, spec_of(&json, "app")) {
                     (Some(t), Ok(spec)) => {
                         let start = Instant::now();
-                        let outcome = node.run_hook(&spec, t, timeout).await;
+                        let outcome = node.run_hook(&spec, t, &limits).await;
                         outcome_line(&outcome, start.elapsed().as_nanos() as u64)
                     }
                     (None, _) => "err 0 no target".into(),

@@ -36,6 +36,7 @@ pub struct RawConfig {
     pub max_concurrent_hooks: Option<usize>,
     pub allowed_hosts: Option<Vec<String>>,
     pub containerd_address: Option<PathBuf>,
+    pub containerd_state_dir: Option<PathBuf>,
     pub containerd_namespace: Option<String>,
 }
 
@@ -58,6 +59,9 @@ pub struct Config {
     pub allowed_hosts: Vec<IpAddr>,
     /// containerd's gRPC socket; `None` = discover from containerd's own configuration.
     pub containerd_address: Option<PathBuf>,
+    /// containerd's state directory (where each task's OCI bundle lives); `None` = discover
+    /// it from containerd's own configuration.
+    pub containerd_state_dir: Option<PathBuf>,
     /// containerd namespace of CRI containers.
     pub containerd_namespace: String,
 }
@@ -76,6 +80,7 @@ impl Default for Config {
             max_concurrent_hooks: 64,
             allowed_hosts: Vec::new(),
             containerd_address: None,
+            containerd_state_dir: None,
             containerd_namespace: "k8s.io".to_string(),
         }
     }
@@ -163,9 +168,24 @@ impl RawConfig {
             }
             other => other,
         };
+        let containerd_state_dir = match self.containerd_state_dir {
+            Some(p) if !p.is_absolute() => {
+                return Err(invalid(
+                    "containerd_state_dir",
+                    "must be an absolute directory path",
+                ))
+            }
+            other => other,
+        };
         let containerd_namespace = self.containerd_namespace.unwrap_or(d.containerd_namespace);
-        if containerd_namespace.is_empty() {
-            return Err(invalid("containerd_namespace", "must not be empty"));
+        if containerd_namespace.is_empty()
+            || containerd_namespace.contains('/')
+            || containerd_namespace.starts_with('.')
+        {
+            return Err(invalid(
+                "containerd_namespace",
+                "must be a plain name (not empty, no '/', not starting with '.')",
+            ));
         }
         Ok(Config {
             log_file,
@@ -184,6 +204,7 @@ impl RawConfig {
             max_concurrent_hooks,
             allowed_hosts,
             containerd_address,
+            containerd_state_dir,
             containerd_namespace,
         })
     }

@@ -67,23 +67,27 @@ pub enum Rewrite {
     AlreadyGated,
 }
 
-/// The `[grpc] address` of a containerd config file (any config version), if set.
-pub fn grpc_address_from_config(toml: &str) -> Option<String> {
-    let mut in_grpc = false;
+/// A string value of a containerd config file (any config version): `key` in table `table`
+/// (`""` for the top level, before any table), when set and quoted.
+fn config_string(toml: &str, table: &str, key: &str) -> Option<String> {
+    let mut current = String::new();
     for raw in toml.lines() {
         let line = raw.trim();
         if line.starts_with('[') {
-            let name = line.trim_start_matches('[').trim_end_matches(']').trim();
-            in_grpc = name == "grpc";
+            current = line
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .trim()
+                .to_string();
             continue;
         }
-        if !in_grpc {
+        if current != table {
             continue;
         }
-        let Some((key, value)) = line.split_once('=') else {
+        let Some((k, value)) = line.split_once('=') else {
             continue;
         };
-        if key.trim().trim_matches('"') != "address" {
+        if k.trim().trim_matches('"') != key {
             continue;
         }
         let value = value.trim();
@@ -93,21 +97,38 @@ pub fn grpc_address_from_config(toml: &str) -> Option<String> {
         }
         let rest = &value[1..];
         let end = rest.find(quote)?;
-        let addr = &rest[..end];
-        return (!addr.is_empty()).then(|| addr.to_string());
+        let v = &rest[..end];
+        return (!v.is_empty()).then(|| v.to_string());
     }
     None
 }
 
-/// What containerd's command line says: `(--address, --config)`.
-pub fn flags_from_cmdline(cmdline: &[u8]) -> (Option<String>, Option<String>) {
+/// The `[grpc] address` of a containerd config file (any config version), if set.
+pub fn grpc_address_from_config(toml: &str) -> Option<String> {
+    config_string(toml, "grpc", "address")
+}
+
+/// The top-level `state` directory of a containerd config file, if set.
+pub fn state_dir_from_config(toml: &str) -> Option<String> {
+    config_string(toml, "", "state")
+}
+
+/// What containerd's command line says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Flags {
+    pub address: Option<String>,
+    pub config: Option<String>,
+    pub state: Option<String>,
+}
+
+/// Reads `--address`, `--config` and `--state` from containerd's command line.
+pub fn flags_from_cmdline(cmdline: &[u8]) -> Flags {
     let args: Vec<String> = cmdline
         .split(|b| *b == 0)
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    let mut address = None;
-    let mut config = None;
+    let mut flags = Flags::default();
     let mut i = 1;
     while i < args.len() {
         let a = args[i].as_str();
@@ -116,8 +137,9 @@ pub fn flags_from_cmdline(cmdline: &[u8]) -> (Option<String>, Option<String>) {
             _ => (a, None),
         };
         let slot = match name {
-            "--config" | "-config" | "-c" => Some(&mut config),
-            "--address" | "-address" | "-a" => Some(&mut address),
+            "--config" | "-config" | "-c" => Some(&mut flags.config),
+            "--address" | "-address" | "-a" => Some(&mut flags.address),
+            "--state" | "-state" => Some(&mut flags.state),
             _ => None,
         };
         if let Some(slot) = slot {
@@ -133,14 +155,47 @@ pub fn flags_from_cmdline(cmdline: &[u8]) -> (Option<String>, Option<String>) {
         }
         i += 1;
     }
-    (address, config)
+    flags
 }
 
-/// Finds containerd's gRPC socket: `configured` if given, else from the parent process (when it
-/// is containerd), else from the default config file, else [`DEFAULT_ADDRESS`].
-pub fn discover_address(configured: Option<&Path>, runtime_pid: Option<u32>) -> PathBuf {
-    if let Some(p) = configured {
-        return p.to_path_buf();
+/// containerd's default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/run/containerd";
+
+/// Where containerd is: its gRPC socket and its state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub address: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Location {
+    /// The OCI bundle directory of a running container (task) in `namespace`: it holds the
+    /// `config.json` the runtime runs the container with. `None` for an id or namespace that
+    /// cannot name a directory.
+    pub fn bundle(&self, namespace: &str, container_id: &str) -> Option<PathBuf> {
+        let plain = |s: &str| !s.is_empty() && !s.starts_with('.') && !s.contains('/');
+        (plain(namespace) && plain(container_id)).then(|| {
+            self.state
+                .join("io.containerd.runtime.v2.task")
+                .join(namespace)
+                .join(container_id)
+        })
+    }
+}
+
+/// Finds containerd's gRPC socket and state directory: the configured values win; otherwise,
+/// from the runtime's command line when it is containerd (`runtime_pid`, else our parent),
+/// then its config file (`--config`, else [`DEFAULT_CONFIG`]), then the defaults.
+pub fn discover(
+    configured_address: Option<&Path>,
+    configured_state: Option<&Path>,
+    runtime_pid: Option<u32>,
+) -> Location {
+    if let (Some(address), Some(state)) = (configured_address, configured_state) {
+        return Location {
+            address: address.to_path_buf(),
+            state: state.to_path_buf(),
+        };
     }
     // The runtime at the other end of the NRI socket (both launch modes), else our parent
     // (the runtime that started a pre-installed plugin).
@@ -153,28 +208,35 @@ pub fn discover_address(configured: Option<&Path>, runtime_pid: Option<u32>) -> 
                 .is_some_and(|n| n.to_string_lossy().starts_with("containerd"))
         })
         .unwrap_or(false);
-    let (flag_address, flag_config) = if parent_is_containerd {
+    let flags = if parent_is_containerd {
         std::fs::read(format!("/proc/{ppid}/cmdline"))
             .map(|c| flags_from_cmdline(&c))
-            .unwrap_or((None, None))
+            .unwrap_or_default()
     } else {
-        (None, None)
+        Flags::default()
     };
-    if let Some(a) = flag_address {
-        return PathBuf::from(a);
-    }
-    let config = flag_config.unwrap_or_else(|| DEFAULT_CONFIG.to_string());
+    let config = flags
+        .config
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CONFIG.to_string());
     // A config path relative to containerd's working directory.
     let config = if Path::new(&config).is_relative() && parent_is_containerd {
         PathBuf::from(format!("/proc/{ppid}/cwd")).join(config)
     } else {
         PathBuf::from(config)
     };
-    std::fs::read_to_string(&config)
-        .ok()
-        .and_then(|t| grpc_address_from_config(&t))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_ADDRESS))
+    let text = std::fs::read_to_string(&config).unwrap_or_default();
+    let address = configured_address
+        .map(Path::to_path_buf)
+        .or_else(|| flags.address.map(PathBuf::from))
+        .or_else(|| grpc_address_from_config(&text).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ADDRESS));
+    let state = configured_state
+        .map(Path::to_path_buf)
+        .or_else(|| flags.state.map(PathBuf::from))
+        .or_else(|| state_dir_from_config(&text).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    Location { address, state }
 }
 
 /// Rewrites `process.args` of an OCI spec (JSON) to start with the gate. Returns `None` when
@@ -363,21 +425,50 @@ mod tests {
     #[test]
     fn flags_are_read_from_the_command_line() {
         let c = b"/usr/bin/containerd\0--config\0/etc/x.toml\0--log-level\0debug\0";
-        assert_eq!(flags_from_cmdline(c), (None, Some("/etc/x.toml".into())));
-        let c = b"containerd\0-c=/a.toml\0-a\0/run/a.sock\0";
         assert_eq!(
             flags_from_cmdline(c),
-            (Some("/run/a.sock".into()), Some("/a.toml".into()))
+            Flags {
+                config: Some("/etc/x.toml".into()),
+                ..Flags::default()
+            }
         );
-        assert_eq!(flags_from_cmdline(b"containerd\0"), (None, None));
+        let c = b"containerd\0-c=/a.toml\0-a\0/run/a.sock\0--state=/run/s\0";
+        assert_eq!(
+            flags_from_cmdline(c),
+            Flags {
+                address: Some("/run/a.sock".into()),
+                config: Some("/a.toml".into()),
+                state: Some("/run/s".into()),
+            }
+        );
+        assert_eq!(flags_from_cmdline(b"containerd\0"), Flags::default());
     }
 
     #[test]
-    fn configured_address_wins() {
-        assert_eq!(
-            discover_address(Some(Path::new("/run/mine.sock")), None),
-            PathBuf::from("/run/mine.sock")
+    fn state_dir_is_read_from_the_top_level_only() {
+        let t = "version = 2\nroot = \"/var/lib/x\"\nstate = \"/run/x\"\n[grpc]\naddress = \"/run/x/s.sock\"\n";
+        assert_eq!(state_dir_from_config(t).as_deref(), Some("/run/x"));
+        let nested = "version = 3\n[plugins.'io.containerd.cri.v1.runtime']\nstate = \"/no\"\n";
+        assert_eq!(state_dir_from_config(nested), None);
+    }
+
+    #[test]
+    fn configured_location_wins_and_names_each_bundle() {
+        let loc = discover(
+            Some(Path::new("/run/mine.sock")),
+            Some(Path::new("/run/mine")),
+            None,
         );
+        assert_eq!(loc.address, PathBuf::from("/run/mine.sock"));
+        assert_eq!(
+            loc.bundle("k8s.io", "abc"),
+            Some(PathBuf::from(
+                "/run/mine/io.containerd.runtime.v2.task/k8s.io/abc"
+            ))
+        );
+        assert_eq!(loc.bundle("k8s.io", "../x"), None);
+        assert_eq!(loc.bundle("..", "abc"), None);
+        assert_eq!(loc.bundle("k8s.io", ""), None);
     }
 
     #[test]

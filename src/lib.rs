@@ -23,6 +23,7 @@ pub mod core;
 pub mod daemon;
 pub mod gate;
 pub mod hooks;
+pub mod lock;
 pub mod logging;
 pub mod model;
 pub mod node;

@@ -31,10 +31,7 @@ pub struct LogSink {
 
 impl LogSink {
     fn lock(&self) -> std::sync::MutexGuard<'_, Target> {
-        match self.target.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::lock::lock(&self.target)
     }
 
     /// Sends logs (and everything buffered so far) to `path`, appending.

@@ -1,20 +1,25 @@
-//! The node's real [`Effects`]: hook runners, signals through pidfds, the PreStop gate's
-//! sockets and binary, and containerd's API for the stored-spec rewrite.
+//! The node's real [`Effects`]: the log destination, hook runners, signals through pidfds,
+//! the PreStop gate's binary and sockets, termination messages, and containerd's API and
+//! state directory.
 
-use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use tracing::{debug, info, warn};
 
-use crate::annotations::{Action, HookSpec};
+use crate::annotations::HookSpec;
 use crate::config::Config;
 use crate::containerd;
-use crate::core::{Core, Effects, GateStatus, HookOutcome, Target, WeakCore};
-use crate::gate::{self, GateParams, GateServers, PreStopCallback, PreStopOutcome};
+use crate::core::{EffectError, Effects, GateStatus, Inbox, TERMINATION_LOG};
+use crate::gate::{self, GateParams, GateServers};
 use crate::hooks;
+use crate::lock;
+use crate::logging::Logging;
 use crate::model::{Adjustment, Container};
 use crate::ns::pidfd::PidFd;
 
@@ -23,53 +28,55 @@ struct Configured {
     runtime_dir: PathBuf,
     /// The extracted gate binary, or why it could not be written.
     gate_bin: Result<PathBuf, String>,
-    servers: Arc<GateServers>,
-    containerd: Arc<containerd::Client>,
+    servers: GateServers,
+    location: containerd::Location,
+    namespace: String,
+    containerd: containerd::Client,
 }
 
 /// The real effects on this node.
 pub struct Node {
-    core: OnceLock<WeakCore>,
+    logging: Logging,
+    /// Where the gate servers send stop requests: the core's input.
+    inbox: Inbox,
     configured: RwLock<Option<Arc<Configured>>>,
-    /// Init processes of started containers, held as pidfds so a recycled PID is never signalled.
-    pidfds: Mutex<HashMap<String, Arc<PidFd>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Node {
-    pub fn new() -> Arc<Node> {
-        Arc::new(Node {
-            core: OnceLock::new(),
+    /// `logging` is redirected as each config says; gate stop requests go to `inbox`.
+    pub fn new(logging: Logging, inbox: Inbox) -> Node {
+        Node {
+            logging,
+            inbox,
             configured: RwLock::new(None),
-            pidfds: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Connects the node to its core (the gate servers call back into it).
-    pub fn attach(&self, core: &Core) {
-        let _ = self.core.set(core.downgrade());
-    }
-
-    fn current(&self) -> Option<Arc<Configured>> {
-        match self.configured.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
         }
     }
 
-    /// Applies a (new) config: writes out the gate binary and sets up the socket servers under
-    /// the runtime directory. Kept as is when the runtime directory did not change.
-    /// `runtime_pid` is the runtime at the other end of the NRI socket (0 when unknown): its
-    /// command line and config say where containerd's API is.
-    pub fn configure(&self, config: &Config, runtime_pid: u32) {
-        let address =
-            containerd::discover_address(config.containerd_address.as_deref(), Some(runtime_pid));
+    fn current(&self) -> Option<Arc<Configured>> {
+        lock::read(&self.configured).clone()
+    }
+}
+
+#[async_trait]
+impl Effects for Node {
+    fn configure(&self, config: &Config, runtime_pid: u32) {
+        if let Err(e) = self
+            .logging
+            .apply(config.log_file.as_deref(), &config.log_level)
+        {
+            // Keep logging where it was (buffered lines are not lost) and say so there.
+            self.logging.sink.set_stderr();
+            warn!(error = %e, path = ?config.log_file, "cannot open the configured log file");
+        }
+        let location = containerd::discover(
+            config.containerd_address.as_deref(),
+            config.containerd_state_dir.as_deref(),
+            Some(runtime_pid),
+        );
         if let Some(cur) = self.current() {
             if cur.runtime_dir == config.runtime_dir
-                && cur.containerd.address() == address.as_path()
+                && cur.location == location
+                && cur.namespace == config.containerd_namespace
             {
                 return;
             }
@@ -77,151 +84,122 @@ impl Node {
         let gate_bin = gate::install_gate(&config.runtime_dir.join("gate").join("bin"))
             .map_err(|e| e.to_string());
         match &gate_bin {
-            Ok(path) => {
-                info!(gate = %path.display(), containerd = %address.display(), "PreStop gate ready")
-            }
+            Ok(path) => info!(
+                gate = %path.display(),
+                containerd = %location.address.display(),
+                state = %location.state.display(),
+                "PreStop gate ready"
+            ),
             Err(e) => {
                 warn!(error = %e, "cannot write out the PreStop gate: PreStop hooks will run best-effort")
             }
         }
-        let weak = self.core.get().cloned();
-        let callback: PreStopCallback = Arc::new(move |req: gate::PreStopRequest| {
-            let core = weak.as_ref().and_then(WeakCore::upgrade);
-            Box::pin(async move {
-                match core {
-                    Some(core) => core.pre_stop(&req.container_id).await,
-                    None => PreStopOutcome::Failed("plugin is shutting down".into()),
-                }
-            })
-        });
-        let servers = Arc::new(GateServers::new(
-            config.runtime_dir.join("gate").join("containers"),
-            callback,
-        ));
         let configured = Configured {
             runtime_dir: config.runtime_dir.clone(),
             gate_bin,
-            servers,
-            containerd: Arc::new(containerd::Client::new(
-                address,
+            servers: GateServers::new(
+                config.runtime_dir.join("gate").join("containers"),
+                self.inbox.clone(),
+            ),
+            containerd: containerd::Client::new(
+                location.address.clone(),
                 &config.containerd_namespace,
-            )),
+            ),
+            namespace: config.containerd_namespace.clone(),
+            location,
         };
-        let mut guard = match self.configured.write() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if let Some(old) = guard.replace(Arc::new(configured)) {
+        if let Some(old) = lock::write(&self.configured).replace(Arc::new(configured)) {
             old.servers.shutdown();
         }
     }
 
-    fn pidfd(&self, container: &Container) -> Result<Arc<PidFd>, String> {
-        if let Some(fd) = lock(&self.pidfds).get(&container.id) {
-            return Ok(fd.clone());
-        }
+    fn hold_init(&self, container: &Container) -> Result<Arc<PidFd>, EffectError> {
         if container.pid == 0 {
-            return Err(format!(
-                "container {} has no known init process",
-                container.id
-            ));
+            return Err(EffectError::NoInit {
+                id: container.id.clone(),
+            });
         }
-        let fd = Arc::new(PidFd::open(container.pid).map_err(|e| e.to_string())?);
-        lock(&self.pidfds).insert(container.id.clone(), fd.clone());
-        Ok(fd)
+        PidFd::open(container.pid)
+            .map(Arc::new)
+            .map_err(|source| EffectError::Process {
+                id: container.id.clone(),
+                source,
+            })
     }
-}
 
-#[async_trait]
-impl Effects for Node {
-    async fn run_hook(&self, spec: &HookSpec, target: &Target, timeout: Duration) -> HookOutcome {
-        let mut spec = spec.clone();
-        spec.timeout = Some(timeout);
-        let runner_target = hooks::Target {
-            container_id: target.container.id.clone(),
-            pid: target.container.pid,
-            process: Some(target.container.process.clone()),
-            bundle: None,
-            pod_ips: target.pod.ips.clone(),
-            pod_netns: target.pod.netns_path().map(PathBuf::from),
-            pod_pid: target.pod.pid,
+    fn bundle(&self, container_id: &str) -> Option<PathBuf> {
+        let cur = self.current()?;
+        cur.location.bundle(&cur.namespace, container_id)
+    }
+
+    async fn run_hook(
+        &self,
+        spec: &HookSpec,
+        target: &hooks::Target,
+        limits: &hooks::Limits,
+    ) -> hooks::Outcome {
+        hooks::run_hook(spec, target, limits).await
+    }
+
+    fn signal(&self, container_id: &str, init: &PidFd, signal: i32) -> Result<(), EffectError> {
+        init.send_signal(signal)
+            .map_err(|source| EffectError::Process {
+                id: container_id.to_string(),
+                source,
+            })
+    }
+
+    async fn exited(&self, init: &PidFd) {
+        // An error here means we cannot watch the process; treat it as gone.
+        let _ = init.exited().await;
+    }
+
+    fn write_termination_message(
+        &self,
+        container: &Container,
+        message: &str,
+    ) -> Result<(), EffectError> {
+        let Some(mount) = container
+            .mounts
+            .iter()
+            .find(|m| m.destination == TERMINATION_LOG)
+        else {
+            return Ok(());
         };
-        let limits = hooks::Limits {
-            default_timeout: timeout,
-            allow_other_hosts: hook_host(&spec)
-                .is_some_and(|ip| target.allowed_hosts.contains(&ip)),
-        };
-        match hooks::run_hook(&spec, &runner_target, &limits).await {
-            hooks::Outcome::Succeeded { output } => HookOutcome::Succeeded { output },
-            hooks::Outcome::Failed { reason } => HookOutcome::Failed { reason },
-            hooks::Outcome::TimedOut { output } => HookOutcome::TimedOut {
-                after: timeout,
-                output,
-            },
-            hooks::Outcome::ContainerGone => HookOutcome::ContainerGone,
-        }
-    }
-
-    fn signal(&self, container: &Container, signal: i32) -> Result<(), String> {
-        let fd = self.pidfd(container)?;
-        fd.send_signal(signal)
-            .map_err(|e| format!("signal {signal} to container {}: {e}", container.id))
-    }
-
-    async fn exited(&self, container: &Container) {
-        if let Ok(fd) = self.pidfd(container) {
-            // An error here means we cannot watch the process; treat it as gone.
-            let _ = fd.exited().await;
-        }
-    }
-
-    fn started(&self, container: &Container) {
-        if container.pid == 0 {
-            return;
-        }
-        lock(&self.pidfds).remove(&container.id);
-        if let Err(e) = self.pidfd(container) {
-            warn!(container = %container.id, error = %e, "cannot hold the container's init process");
-        }
-        if let Some(cur) = self.current() {
-            if cur.servers.is_open(&container.id) {
-                if let Err(e) = cur.servers.set_init_pid(&container.id, container.pid) {
-                    warn!(container = %container.id, error = %e, "gate socket cannot know its container");
-                }
+        write_termination_message(&mount.source, message).map_err(|source| {
+            EffectError::TerminationMessage {
+                id: container.id.clone(),
+                path: mount.source.clone(),
+                source,
             }
-        }
+        })
     }
 
     fn gate_adjustment(
         &self,
         container: &Container,
-        pre_stop: &HookSpec,
-        bound: Duration,
-    ) -> Result<Adjustment, String> {
-        let cur = self
-            .current()
-            .ok_or("the runtime has not configured the plugin yet")?;
-        let gate_bin = cur.gate_bin.as_ref().map_err(Clone::clone)?;
-        let dir = cur.servers.open(&container.id).map_err(|e| e.to_string())?;
-        let params = GateParams::new(bound, pre_stop.stop_signal);
-        Ok(gate::adjustment(gate_bin, &dir, container, &params))
+        params: &GateParams,
+    ) -> Result<Adjustment, EffectError> {
+        let cur = self.current().ok_or(EffectError::NotConfigured)?;
+        let gate_bin = cur
+            .gate_bin
+            .as_ref()
+            .map_err(|reason| EffectError::NoGateBinary {
+                reason: reason.clone(),
+            })?;
+        let dir = cur.servers.open(&container.id)?;
+        Ok(gate::adjustment(gate_bin, &dir, container, params))
     }
 
-    async fn gate_post_create(
-        &self,
-        container: &Container,
-        pre_stop: &HookSpec,
-        bound: Duration,
-    ) -> GateStatus {
+    async fn gate_post_create(&self, container: &Container, params: &GateParams) -> GateStatus {
         if gate::args_are_gated(&container.process.args) {
             return GateStatus::Gated;
         }
         let Some(cur) = self.current() else {
             return GateStatus::Ungated("the runtime has not configured the plugin yet".into());
         };
-        let params = GateParams::new(bound, pre_stop.stop_signal);
-        let started = std::time::Instant::now();
-        match cur.containerd.gate_stored_spec(&container.id, &params).await {
+        let started = Instant::now();
+        match cur.containerd.gate_stored_spec(&container.id, params).await {
             Ok(rewrite) => {
                 debug!(
                     container = %container.id,
@@ -238,6 +216,27 @@ impl Effects for Node {
         }
     }
 
+    fn gate_started(&self, container: &Container, init: &PidFd) {
+        let Some(cur) = self.current() else {
+            return;
+        };
+        if !cur.servers.is_open(&container.id) {
+            return;
+        }
+        // The namespaces are read through the PID; they belong to our process only if it is
+        // still alive afterwards.
+        let result = cur.servers.set_init_pid(&container.id, init.pid());
+        match result {
+            Ok(()) if init.is_alive() => {}
+            Ok(()) => {
+                debug!(container = %container.id, "container exited before its gate socket knew it")
+            }
+            Err(e) => {
+                warn!(container = %container.id, error = %e, "gate socket cannot know its container")
+            }
+        }
+    }
+
     fn is_gated(&self, container: &Container) -> bool {
         gate::is_gated(container)
     }
@@ -251,19 +250,86 @@ impl Effects for Node {
     }
 
     fn forget(&self, container_id: &str) {
-        lock(&self.pidfds).remove(container_id);
         if let Some(cur) = self.current() {
             cur.servers.remove(container_id);
         }
     }
 }
 
-/// The explicit `host` of an httpGet/tcpSocket hook, when it is an IP address.
-fn hook_host(spec: &HookSpec) -> Option<std::net::IpAddr> {
-    let host = match &spec.action {
-        Action::HttpGet(get) => get.host.as_deref(),
-        Action::TcpSocket { host, .. } => host.as_deref(),
-        _ => None,
-    }?;
-    host.parse().ok()
+/// Writes the kubelet-style termination message into the container's termination-log file on
+/// the host. Never follows a symlink and never creates the file.
+fn write_termination_message(path: &str, message: &str) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    // The kubelet reads at most 4 KiB of it.
+    let bytes = message.as_bytes();
+    f.write_all(&bytes[..bytes.len().min(4096)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Mount;
+
+    fn configured_node(dir: &std::path::Path) -> Node {
+        let (inbox, _inlet) = crate::core::channel();
+        let node = Node::new(Logging::init("info"), inbox);
+        let config = Config {
+            log_file: None,
+            runtime_dir: dir.join("rt"),
+            containerd_address: Some(dir.join("containerd.sock")),
+            containerd_state_dir: Some(dir.join("state")),
+            ..Config::default()
+        };
+        node.configure(&config, 0);
+        node
+    }
+
+    #[tokio::test]
+    async fn hooks_get_the_bundle_of_their_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = configured_node(dir.path());
+        assert_eq!(
+            node.bundle("c1"),
+            Some(
+                dir.path()
+                    .join("state/io.containerd.runtime.v2.task/k8s.io/c1")
+            )
+        );
+        assert_eq!(node.bundle("../c1"), None);
+    }
+
+    #[tokio::test]
+    async fn termination_message_goes_to_the_mounted_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = configured_node(dir.path());
+        let log = dir.path().join("termination-log");
+        std::fs::write(&log, "old").unwrap();
+        let mut c = Container {
+            id: "c1".into(),
+            ..Container::default()
+        };
+        // Without the mount nothing is written anywhere.
+        node.write_termination_message(&c, "boom").unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "old");
+        c.mounts.push(Mount {
+            destination: TERMINATION_LOG.into(),
+            source: log.display().to_string(),
+            ..Mount::default()
+        });
+        node.write_termination_message(&c, &"x".repeat(5000))
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap().len(), 4096);
+        // Never created, never through a symlink.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&log, &link).unwrap();
+        c.mounts[0].source = link.display().to_string();
+        assert!(node.write_termination_message(&c, "no").is_err());
+        c.mounts[0].source = dir.path().join("absent").display().to_string();
+        assert!(node.write_termination_message(&c, "no").is_err());
+        assert!(!dir.path().join("absent").exists());
+    }
 }

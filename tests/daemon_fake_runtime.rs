@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nri_lifecycle::config::Config;
-use nri_lifecycle::daemon::Daemon;
+use nri_lifecycle::core::Core;
+use nri_lifecycle::daemon;
 use nri_lifecycle::logging::Logging;
 use nri_lifecycle::model::EventKind;
 use nri_lifecycle::nri::fake_runtime::{
@@ -19,10 +20,10 @@ use nri_lifecycle::nri::{self, Registration};
 async fn connected(
     generation: Generation,
     runtime_dir: &std::path::Path,
-) -> (FakeRuntime, Arc<Daemon>, tokio::task::JoinHandle<()>) {
+) -> (FakeRuntime, Core, tokio::task::JoinHandle<()>) {
     let (rt, plugin_end) = FakeRuntime::pair(generation).await.expect("fake runtime");
-    let daemon = Daemon::new(Config::default(), Logging::init("info"), true);
-    let served = Arc::clone(&daemon);
+    let daemon = daemon::start(Config::default(), Logging::init("info"), true);
+    let served = Arc::new(daemon.clone());
     let task = tokio::spawn(async move {
         let reg = Registration {
             name: "nri-lifecycle".into(),
@@ -154,15 +155,11 @@ async fn bad_annotation_refused_and_prestop_gated_in_both_generations() {
             started.elapsed() < Duration::from_secs(2),
             "post-create held the runtime"
         );
-        let row = daemon
-            .core()
-            .containers()
-            .into_iter()
-            .find(|r| r.id == "c-good")
-            .expect("c-good tracked");
+        let status = daemon.status().await;
+        assert_eq!(status.tracked, 1, "{generation:?}: c-good tracked");
         assert_eq!(
-            row.gated,
-            generation == Generation::V012,
+            status.gated,
+            usize::from(generation == Generation::V012),
             "{generation:?}: gated"
         );
 

@@ -1,20 +1,26 @@
 //! The plugin side of the gate: per-container sockets, the peer check, garbage and floods,
-//! one PreStop per stop, removal and resync. The peer check test needs root (a PID namespace).
+//! one PreStop per stop (the gate servers feed the real event core), removal and resync. The
+//! peer check test needs root (a PID namespace).
 
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use common::write_gate;
-use nri_lifecycle::gate::{
-    protocol, GateServers, PreStopCallback, PreStopOutcome, GATED_ANNOTATION,
-};
-use nri_lifecycle::model::{Container, ContainerState};
+use nri_lifecycle::annotations::HookSpec;
+use nri_lifecycle::config::Config;
+use nri_lifecycle::core::{self, Core, EffectError, Effects, GateStatus};
+use nri_lifecycle::gate::{protocol, GateParams, GateServers, GATED_ANNOTATION};
+use nri_lifecycle::hooks;
+use nri_lifecycle::model::{Adjustment, Container, ContainerState, Event, EventKind, Pod};
+use nri_lifecycle::nri::Handler;
+use nri_lifecycle::ns::pidfd::PidFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::Notify;
@@ -22,38 +28,121 @@ use tokio::sync::Notify;
 /// Upper bound for any awaited event; reaching it fails the test.
 const EVENT_BOUND: Duration = Duration::from_secs(30);
 
+/// The outside world of the core, but for the gate servers (which are real): hooks are
+/// counted and end with a scripted outcome, when released if `hold`.
+struct World {
+    calls: Arc<AtomicUsize>,
+    release: Arc<Notify>,
+    hold: bool,
+    outcome: hooks::Outcome,
+}
+
+#[async_trait]
+impl Effects for World {
+    fn configure(&self, _: &Config, _: u32) {}
+    fn hold_init(&self, _: &Container) -> Result<Arc<PidFd>, EffectError> {
+        Ok(Arc::new(
+            PidFd::open(std::process::id()).expect("own pidfd"),
+        ))
+    }
+    fn bundle(&self, _: &str) -> Option<PathBuf> {
+        None
+    }
+    async fn run_hook(&self, _: &HookSpec, t: &hooks::Target, _: &hooks::Limits) -> hooks::Outcome {
+        assert_eq!(t.container_id, "c1");
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.hold {
+            self.release.notified().await;
+        }
+        self.outcome.clone()
+    }
+    fn signal(&self, _: &str, _: &PidFd, _: i32) -> Result<(), EffectError> {
+        Ok(())
+    }
+    async fn exited(&self, _: &PidFd) {}
+    fn write_termination_message(&self, _: &Container, _: &str) -> Result<(), EffectError> {
+        Ok(())
+    }
+    fn gate_adjustment(&self, _: &Container, _: &GateParams) -> Result<Adjustment, EffectError> {
+        Ok(Adjustment::default())
+    }
+    async fn gate_post_create(&self, _: &Container, _: &GateParams) -> GateStatus {
+        GateStatus::Gated
+    }
+    fn gate_started(&self, _: &Container, _: &PidFd) {}
+    fn is_gated(&self, _: &Container) -> bool {
+        false
+    }
+    fn gate_resync(&self, _: &[Container]) {}
+    fn forget(&self, _: &str) {}
+}
+
 struct Fixture {
     dir: tempfile::TempDir,
     servers: GateServers,
     calls: Arc<AtomicUsize>,
     release: Arc<Notify>,
+    _core: Core,
 }
 
-/// Servers whose PreStop counts its calls and finishes when `release` is notified (or at once
-/// when `hold` is false) with `outcome`.
-fn fixture(hold: bool, outcome: PreStopOutcome) -> Fixture {
+/// Gate servers feeding a real core that tracks one running container "c1" with a PreStop
+/// hook; its hook counts its calls and ends with `outcome` (when released, if `hold`).
+async fn fixture(hold: bool, outcome: hooks::Outcome) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let release = Arc::new(Notify::new());
-    let (c, r) = (Arc::clone(&calls), Arc::clone(&release));
-    let callback: PreStopCallback = Arc::new(move |req| {
-        assert_eq!(req.container_id, "c1");
-        c.fetch_add(1, Ordering::SeqCst);
-        let r = Arc::clone(&r);
-        let outcome = outcome.clone();
-        Box::pin(async move {
-            if hold {
-                r.notified().await;
-            }
-            outcome
-        })
+    let world = Arc::new(World {
+        calls: Arc::clone(&calls),
+        release: Arc::clone(&release),
+        hold,
+        outcome,
     });
-    let servers = GateServers::new(dir.path().join("containers"), callback);
+    let (inbox, inlet) = core::channel();
+    let servers = GateServers::new(dir.path().join("containers"), inbox.clone());
+    let core = Core::start(Config::default(), false, world, inbox, inlet);
+    let pod = Pod {
+        id: "p1".into(),
+        annotations: [(
+            "prestop.lifecycle.nri.io/pod".to_string(),
+            r#"{"sleep":{"seconds":1}}"#.to_string(),
+        )]
+        .into(),
+        ..Pod::default()
+    };
+    let c1 = Container {
+        id: "c1".into(),
+        pod_id: "p1".into(),
+        name: "app".into(),
+        pid: std::process::id(),
+        ..Container::default()
+    };
+    core.create_container(pod.clone(), c1.clone())
+        .await
+        .unwrap();
+    for kind in [
+        EventKind::PostCreateContainer,
+        EventKind::PostStartContainer,
+    ] {
+        core.event(Event {
+            kind,
+            pod: pod.clone(),
+            container: c1.clone(),
+        })
+        .await
+        .unwrap();
+    }
     Fixture {
         dir,
         servers,
         calls,
         release,
+        _core: core,
+    }
+}
+
+fn done() -> hooks::Outcome {
+    hooks::Outcome::Succeeded {
+        output: String::new(),
     }
 }
 
@@ -75,7 +164,13 @@ async fn stop(sock: &Path, signal: u32) -> (u8, String) {
 
 #[tokio::test]
 async fn stop_from_the_container_runs_prestop_and_answers() {
-    let f = fixture(false, PreStopOutcome::Failed("exit status 3".into()));
+    let f = fixture(
+        false,
+        hooks::Outcome::Failed {
+            reason: "exit status 3".into(),
+        },
+    )
+    .await;
     let dir = f.servers.open("c1").unwrap();
     let sock = dir.join(protocol::SOCKET_NAME);
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
@@ -90,7 +185,7 @@ async fn stop_from_the_container_runs_prestop_and_answers() {
 
 #[tokio::test]
 async fn peers_are_refused_until_the_init_is_known() {
-    let f = fixture(false, PreStopOutcome::Done);
+    let f = fixture(false, done()).await;
     let dir = f.servers.open("c1").unwrap();
     let (status, _) = stop(&dir.join(protocol::SOCKET_NAME), 15).await;
     assert_eq!(status, protocol::STATUS_REFUSED);
@@ -99,7 +194,7 @@ async fn peers_are_refused_until_the_init_is_known() {
 
 #[tokio::test]
 async fn duplicate_stops_run_prestop_once() {
-    let f = fixture(true, PreStopOutcome::Done);
+    let f = fixture(true, done()).await;
     let dir = f.servers.open("c1").unwrap();
     f.servers.set_init_pid("c1", std::process::id()).unwrap();
     let sock = dir.join(protocol::SOCKET_NAME);
@@ -125,7 +220,13 @@ async fn duplicate_stops_run_prestop_once() {
 
 #[tokio::test]
 async fn garbage_and_floods_cost_nothing() {
-    let f = fixture(false, PreStopOutcome::TimedOut);
+    let f = fixture(
+        false,
+        hooks::Outcome::TimedOut {
+            output: String::new(),
+        },
+    )
+    .await;
     let dir = f.servers.open("c1").unwrap();
     f.servers.set_init_pid("c1", std::process::id()).unwrap();
     let sock = dir.join(protocol::SOCKET_NAME);
@@ -160,7 +261,7 @@ async fn garbage_and_floods_cost_nothing() {
 
 #[tokio::test]
 async fn remove_and_resync_manage_directories() {
-    let f = fixture(false, PreStopOutcome::Done);
+    let f = fixture(false, done()).await;
     let base = f.dir.path().join("containers");
     f.servers.open("gone").unwrap();
     assert!(base.join("gone").join(protocol::SOCKET_NAME).exists());
@@ -198,7 +299,7 @@ async fn a_peer_in_another_pid_namespace_is_refused() {
     if !nri_harness::require_root("a_peer_in_another_pid_namespace_is_refused") {
         return;
     }
-    let f = fixture(false, PreStopOutcome::Done);
+    let f = fixture(false, done()).await;
     let dir = f.servers.open("c1").unwrap();
     f.servers.set_init_pid("c1", std::process::id()).unwrap();
     let sock = dir.join(protocol::SOCKET_NAME);

@@ -148,7 +148,9 @@ impl Container {
     fn target(&self) -> Target {
         Target {
             container_id: "c1".into(),
-            pid: self.init,
+            init: Some(std::sync::Arc::new(
+                nri_lifecycle::ns::pidfd::PidFd::open(self.init).unwrap(),
+            )),
             pod_ips: vec![IpAddr::V4(POD_IP)],
             ..Default::default()
         }
@@ -308,10 +310,10 @@ async fn entering_failure_runs_nothing() {
 
     // a process that is gone cannot be entered: the container is reported gone
     let mut gone = Command::new("/bin/true").spawn().unwrap();
-    let dead = gone.id();
+    let dead = nri_lifecycle::ns::pidfd::PidFd::open(gone.id()).unwrap();
     gone.wait().unwrap();
     let t = Target {
-        pid: dead,
+        init: Some(std::sync::Arc::new(dead)),
         ..c.target()
     };
     assert_eq!(
@@ -342,6 +344,8 @@ async fn timeout_kills_the_whole_tree() {
 async fn container_exit_during_hook_is_reported() {
     let mut c = Container::start();
     let t = c.target();
+    // Held before the exit, as the core holds a container's init from its first sight.
+    let held = c.target();
     let hook = tokio::spawn(async move {
         let mut spec = exec(&["sleep", "1000"]);
         spec.timeout = Some(Duration::from_secs(100));
@@ -355,7 +359,7 @@ async fn container_exit_during_hook_is_reported() {
         ..exec(&[])
     };
     assert_eq!(
-        run_hook(&sleep, &c.target(), &Limits::default()).await,
+        run_hook(&sleep, &held, &Limits::default()).await,
         Outcome::ContainerGone
     );
 }

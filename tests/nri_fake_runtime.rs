@@ -3,6 +3,8 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use nri_lifecycle::annotations::AnnotationError;
+use nri_lifecycle::core;
 use nri_lifecycle::model::{Adjustment, Container, Event, EventKind, Pod, RuntimeInfo};
 use nri_lifecycle::nri::fake_runtime::{
     refusal, wire_container, wire_pod, FakeError, FakeRuntime, Generation,
@@ -10,8 +12,9 @@ use nri_lifecycle::nri::fake_runtime::{
 use nri_lifecycle::nri::{self, Handler, Registration};
 
 const BAD_KEY: &str = "poststart.lifecycle.nri.io/container.app";
+const BAD_PROBLEM: &str = "field \"command\": must not be empty";
 const BAD_MESSAGE: &str =
-    "annotation poststart.lifecycle.nri.io/container.app: field exec.command: must not be empty";
+    "annotation \"poststart.lifecycle.nri.io/container.app\": field \"command\": must not be empty";
 
 #[derive(Debug, Clone, PartialEq)]
 enum Call {
@@ -77,11 +80,19 @@ impl Handler for Recorder {
         self.record(Call::Synchronize(pods, containers));
     }
 
-    async fn create_container(&self, pod: Pod, container: Container) -> Result<Adjustment, String> {
+    async fn create_container(
+        &self,
+        pod: Pod,
+        container: Container,
+    ) -> Result<Adjustment, core::Error> {
         let bad = container.annotations.contains_key(BAD_KEY);
         self.record(Call::Create(pod, container.clone()));
         if bad {
-            return Err(BAD_MESSAGE.to_string());
+            return Err(AnnotationError {
+                key: BAD_KEY.into(),
+                problem: BAD_PROBLEM.into(),
+            }
+            .into());
         }
         let mut adj = Adjustment {
             args: Some(vec!["/.nri-lifecycle/gate".into(), "--".into()]),
@@ -92,12 +103,11 @@ impl Handler for Recorder {
         Ok(adj)
     }
 
-    async fn event(&self, event: Event) -> Result<(), String> {
+    async fn event(&self, event: Event) -> Result<(), core::Error> {
         let fail = event.container.name == "fail";
-        let id = event.container.id.clone();
         self.record(Call::Event(event));
         if fail {
-            return Err(format!("container {id} failed on purpose"));
+            return Err(core::Error::ShuttingDown);
         }
         Ok(())
     }
@@ -318,7 +328,8 @@ async fn every_event_is_answered_in_both_generations() {
         assert!(!verdict.reject);
         fake.update_pod_sandbox(&pod).await.unwrap();
 
-        // A failing event reaches the runtime as an error with the handler's words.
+        // A failing event reaches the runtime as an error with the handler's words and the
+        // status code of its kind.
         let failing = wire_container("c2", "p1", "fail", &[]);
         let err = fake
             .event(EventKind::PostStartContainer, &pod, &failing)
@@ -327,8 +338,8 @@ async fn every_event_is_answered_in_both_generations() {
         assert_eq!(
             refusal(&err),
             Some((
-                ttrpc::Code::FAILED_PRECONDITION,
-                "container c2 failed on purpose".to_string()
+                ttrpc::Code::UNAVAILABLE,
+                "the plugin is shutting down".to_string()
             ))
         );
 

@@ -22,10 +22,14 @@ impl Handler for Quiet {
     }
     async fn configure(&self, _info: RuntimeInfo) {}
     async fn synchronize(&self, _pods: Vec<Pod>, _containers: Vec<Container>) {}
-    async fn create_container(&self, _pod: Pod, _c: Container) -> Result<Adjustment, String> {
+    async fn create_container(
+        &self,
+        _pod: Pod,
+        _c: Container,
+    ) -> Result<Adjustment, nri_lifecycle::core::Error> {
         Ok(Adjustment::default())
     }
-    async fn event(&self, _event: Event) -> Result<(), String> {
+    async fn event(&self, _event: Event) -> Result<(), nri_lifecycle::core::Error> {
         Ok(())
     }
     async fn shutdown(&self) {

@@ -22,8 +22,9 @@ pub struct GateParams {
 }
 
 impl GateParams {
-    /// Margin the gate waits beyond the hook's bound, for the plugin's answer to arrive.
-    pub const MARGIN: Duration = Duration::from_secs(2);
+    /// Margin the gate waits beyond the hook's bound, for the plugin's answer to arrive. Small,
+    /// because it comes out of the time the app keeps for its own shutdown.
+    pub const MARGIN: Duration = Duration::from_millis(500);
 
     /// Parameters for a PreStop hook bounded by `hook_bound` (its timeout, already capped by
     /// the pod's grace period by the caller).
@@ -121,7 +122,7 @@ mod tests {
                 "--socket",
                 "/.nri-lifecycle/run/gate.sock",
                 "--timeout-ms",
-                "7000",
+                "5500",
                 "--stop-signal",
                 "10",
                 "--",

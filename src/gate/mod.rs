@@ -8,8 +8,8 @@
 //!   content hash;
 //! - [`inject`]: the `CreateContainer` adjustment (mounts, annotation, args) and the checks the
 //!   core needs in `PostCreateContainer`;
-//! - [`server`]: one socket server per gated container, with the peer check and the
-//!   once-per-stop guarantee;
+//! - [`server`]: one socket server per gated container, with the peer check; its stop
+//!   requests go to the core's one input;
 //! - [`protocol`]: the wire protocol, shared verbatim with the gate.
 
 pub mod binary;
@@ -19,7 +19,7 @@ pub mod server;
 
 pub use binary::{embedded_gate, gate_file_name, install_gate};
 pub use inject::{adjustment, args_are_gated, gate_args, is_gated, GateParams, GATED_ANNOTATION};
-pub use server::{BoxFuture, GateServers, PreStopCallback, PreStopOutcome, PreStopRequest};
+pub use server::GateServers;
 
 use std::path::PathBuf;
 

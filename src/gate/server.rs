@@ -8,52 +8,29 @@
 //! [`MAX_CONNECTIONS`] are served at once per container, further ones are closed unread.
 //! Warnings a container can trigger are rate-limited per container.
 //!
-//! The first `STOP` runs the core's PreStop callback in its own task; every later `STOP` of
-//! the same container (a retry, a second gate connection) waits for, and gets, that same
-//! outcome: one PreStop per container.
+//! A `STOP` becomes a stop request on the core's one input ([`Inbox::stop_requested`]); the
+//! core's state machine runs one PreStop per stop and gives a retry, or a second gate
+//! connection, that same outcome.
 
 use std::collections::HashMap;
 use std::fs;
-use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::protocol;
 use super::{inject::is_gated, GateError};
+use crate::core::{Inbox, PreStopOutcome};
+use crate::lock::lock;
 use crate::model::{Container, ContainerState};
-
-/// A boxed, sendable future.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// How a PreStop hook ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PreStopOutcome {
-    Done,
-    Failed(String),
-    TimedOut,
-}
-
-/// What the gate asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PreStopRequest {
-    pub container_id: String,
-    /// The stop signal the gate is holding.
-    pub signal: i32,
-}
-
-/// Runs a container's PreStop hook (supplied by the core). It must bound the hook itself (its
-/// timeout and the pod's grace period).
-pub type PreStopCallback = Arc<dyn Fn(PreStopRequest) -> BoxFuture<PreStopOutcome> + Send + Sync>;
 
 /// Connections served at once per container.
 pub const MAX_CONNECTIONS: usize = 4;
@@ -120,16 +97,9 @@ impl RateLimit {
 struct Socket {
     id: String,
     identity: Mutex<Option<Identity>>,
-    outcome: Mutex<Option<watch::Receiver<Option<PreStopOutcome>>>>,
     warn_limit: Mutex<RateLimit>,
     connections: Arc<Semaphore>,
-    callback: PreStopCallback,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks cannot leave its data inconsistent (plain
-    // assignments), so a poisoned lock is used as is.
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    inbox: Inbox,
 }
 
 impl Socket {
@@ -142,37 +112,6 @@ impl Socket {
                 "gate socket: {why}"
             );
         }
-    }
-
-    /// The one PreStop of this container; later callers share its outcome.
-    async fn prestop_once(&self, signal: i32) -> PreStopOutcome {
-        let mut rx = {
-            let mut slot = lock(&self.outcome);
-            match slot.as_ref() {
-                Some(rx) => rx.clone(),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    let fut = (self.callback)(PreStopRequest {
-                        container_id: self.id.clone(),
-                        signal,
-                    });
-                    tokio::spawn(async move {
-                        let outcome = fut.await;
-                        let _ = tx.send(Some(outcome));
-                    });
-                    *slot = Some(rx.clone());
-                    rx
-                }
-            }
-        };
-        let outcome = match rx.wait_for(|o| o.is_some()).await {
-            Ok(o) => o.clone(),
-            // The task ended without an outcome (it panicked).
-            Err(_) => None,
-        };
-        outcome.unwrap_or_else(|| {
-            PreStopOutcome::Failed("prestop task ended without an outcome".into())
-        })
     }
 
     async fn serve(self: Arc<Self>, listener: UnixListener) {
@@ -260,7 +199,7 @@ impl Socket {
             )
         } else if let Some(signal) = protocol::decode_stop(&payload[..len]) {
             info!(container = %self.id, signal, "gate holds a stop signal, running prestop");
-            match self.prestop_once(signal as i32).await {
+            match self.inbox.stop_requested(&self.id, signal as i32).await {
                 PreStopOutcome::Done => (protocol::STATUS_DONE, String::new()),
                 PreStopOutcome::Failed(r) => (protocol::STATUS_FAILED, r),
                 PreStopOutcome::TimedOut => (protocol::STATUS_TIMED_OUT, String::new()),
@@ -290,7 +229,7 @@ struct Entry {
 /// The gate sockets of all gated containers.
 pub struct GateServers {
     base: PathBuf,
-    callback: PreStopCallback,
+    inbox: Inbox,
     entries: Mutex<HashMap<String, Entry>>,
 }
 
@@ -304,11 +243,11 @@ fn valid_id(id: &str) -> bool {
 }
 
 impl GateServers {
-    /// Sockets go to `base/<container id>/gate.sock`; `callback` runs a container's PreStop.
-    pub fn new(base: PathBuf, callback: PreStopCallback) -> GateServers {
+    /// Sockets go to `base/<container id>/gate.sock`; stop requests go to the core's `inbox`.
+    pub fn new(base: PathBuf, inbox: Inbox) -> GateServers {
         GateServers {
             base,
-            callback,
+            inbox,
             entries: Mutex::new(HashMap::new()),
         }
     }
@@ -374,13 +313,12 @@ impl GateServers {
         let socket = Arc::new(Socket {
             id: container_id.to_string(),
             identity: Mutex::new(None),
-            outcome: Mutex::new(None),
             warn_limit: Mutex::new(RateLimit {
                 last: None,
                 suppressed: 0,
             }),
             connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
-            callback: Arc::clone(&self.callback),
+            inbox: self.inbox.clone(),
         });
         let task = tokio::spawn(Arc::clone(&socket).serve(listener));
         debug!(container = %container_id, path = %path.display(), "gate socket open");

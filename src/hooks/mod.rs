@@ -51,8 +51,9 @@ pub enum Error {
 #[derive(Debug, Clone, Default)]
 pub struct Target {
     pub container_id: String,
-    /// PID of the container's init (0 when unknown: only httpGet/tcpSocket/sleep can run).
-    pub pid: u32,
+    /// The container's init process, held since the plugin first saw it (`None` when unknown:
+    /// only httpGet/tcpSocket/sleep can run).
+    pub init: Option<std::sync::Arc<PidFd>>,
     /// The container's process spec as the runtime sent it.
     pub process: Option<ProcessSpec>,
     /// The container's OCI bundle directory (its `config.json` is the second source).
@@ -70,15 +71,15 @@ pub struct Target {
 pub struct Limits {
     /// Used when the hook has no `timeoutSeconds`.
     pub default_timeout: Duration,
-    /// Lets httpGet/tcpSocket reach hosts other than the pod's own addresses and loopback.
-    pub allow_other_hosts: bool,
+    /// Hosts httpGet/tcpSocket may reach besides the pod's own addresses and loopback.
+    pub allowed_hosts: Vec<IpAddr>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             default_timeout: Duration::from_secs(30),
-            allow_other_hosts: false,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -106,26 +107,13 @@ impl Outcome {
 pub async fn run_hook(spec: &HookSpec, target: &Target, limits: &Limits) -> Outcome {
     let timeout = spec.timeout.unwrap_or(limits.default_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
-    let container = if target.pid != 0 {
-        match PidFd::open(target.pid) {
-            Ok(p) => Some(p),
-            Err(e) if e.is_gone() => return Outcome::ContainerGone,
-            Err(source) => {
-                return Outcome::Failed {
-                    reason: Error::Ns {
-                        container: target.container_id.clone(),
-                        source,
-                    }
-                    .to_string(),
-                }
-            }
-        }
-    } else {
-        None
-    };
+    let container = target.init.as_deref();
+    if container.is_some_and(|p| !p.is_alive()) {
+        return Outcome::ContainerGone;
+    }
     let run = async {
         match &spec.action {
-            Action::Exec { command } => match &container {
+            Action::Exec { command } => match container {
                 Some(pidfd) => exec::run(command, target, pidfd, deadline).await,
                 None => Outcome::Failed {
                     reason: format!(
@@ -159,7 +147,7 @@ pub async fn run_hook(spec: &HookSpec, target: &Target, limits: &Limits) -> Outc
             }
         }
     };
-    let outcome = match &container {
+    let outcome = match container {
         Some(pidfd) => {
             tokio::select! {
                 outcome = run => outcome,
@@ -169,7 +157,7 @@ pub async fn run_hook(spec: &HookSpec, target: &Target, limits: &Limits) -> Outc
         None => run.await,
     };
     // A failure seen while the container was dying is the container's end, not the hook's.
-    match (&outcome, &container) {
+    match (&outcome, container) {
         (Outcome::Failed { .. } | Outcome::TimedOut { .. }, Some(p)) if !p.is_alive() => {
             Outcome::ContainerGone
         }

@@ -17,7 +17,7 @@ pub(super) fn netns_path(target: &Target) -> Result<PathBuf, Error> {
     let pid = if target.pod_pid != 0 {
         target.pod_pid
     } else {
-        target.pid
+        target.init.as_ref().map_or(0, |p| p.pid())
     };
     if pid == 0 {
         return Err(Error::NoPodIp {
@@ -55,7 +55,7 @@ pub(super) async fn choose_addr(
         ip
     } else if host.eq_ignore_ascii_case("localhost") {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
-    } else if limits.allow_other_hosts {
+    } else if false {
         let mut found =
             tokio::net::lookup_host((host, port))
                 .await
@@ -72,7 +72,7 @@ pub(super) async fn choose_addr(
             host: host.to_string(),
         });
     };
-    if ip.is_loopback() || pod_ips.contains(&ip) || limits.allow_other_hosts {
+    if ip.is_loopback() || pod_ips.contains(&ip) || limits.allowed_hosts.contains(&ip) {
         Ok(ip)
     } else {
         Err(Error::HostRefused {
@@ -90,7 +90,7 @@ pub(super) async fn connect_in_pod(target: &Target, addr: SocketAddr) -> Result<
         let pid = if target.pod_pid != 0 {
             target.pod_pid
         } else {
-            target.pid
+            target.init.as_ref().map_or(0, |p| p.pid())
         };
         Some(PidFd::open(pid).map_err(|source| Error::Ns {
             container: target.container_id.clone(),

@@ -2,10 +2,11 @@
 
 use async_trait::async_trait;
 
+use crate::core::Error;
 use crate::model::{Adjustment, Container, Event, EventKind, Pod, RuntimeInfo};
 
-/// What the protocol edge calls for every runtime request. Implemented by the event core;
-/// tests implement it with recording fakes.
+/// What the protocol edge calls for every runtime request. Implemented by the event core
+/// ([`crate::core::Core`]); the edge's own tests implement it with recording fakes.
 ///
 /// Every method must return quickly (microseconds): the runtime holds a node-wide lock while
 /// it waits and disconnects a plugin that exceeds its request timeout.
@@ -19,9 +20,9 @@ pub trait Handler: Send + Sync + 'static {
     async fn synchronize(&self, pods: Vec<Pod>, containers: Vec<Container>);
     /// `CreateContainer`: validate the hooks and say what to change. An `Err` makes the runtime
     /// fail the create with that message.
-    async fn create_container(&self, pod: Pod, container: Container) -> Result<Adjustment, String>;
+    async fn create_container(&self, pod: Pod, container: Container) -> Result<Adjustment, Error>;
     /// Every other subscribed event, from either protocol generation.
-    async fn event(&self, event: Event) -> Result<(), String>;
+    async fn event(&self, event: Event) -> Result<(), Error>;
     /// The runtime asked us to shut down, or the connection ended.
     async fn shutdown(&self);
 }

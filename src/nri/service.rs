@@ -28,14 +28,17 @@ pub const MAX_SYNC_OBJECTS: usize = 100_000;
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ServiceError {
     /// The handler refused to create the container; the message is shown to the user as is.
-    #[error("{message}")]
-    CreateRefused { container: String, message: String },
+    #[error("{source}")]
+    CreateRefused {
+        container: String,
+        source: crate::core::Error,
+    },
     /// The handler failed an event.
-    #[error("{message}")]
+    #[error("{source}")]
     EventFailed {
         event: &'static str,
         container: String,
-        message: String,
+        source: crate::core::Error,
     },
     #[error("synchronization sent more than {max} pods and containers")]
     SyncTooLarge { max: usize },
@@ -43,8 +46,20 @@ pub enum ServiceError {
 
 /// Our errors as ttrpc statuses (the runtime shows the message).
 pub fn to_ttrpc(err: ServiceError) -> ttrpc::Error {
+    use crate::core::Error as CoreError;
     let code = match &err {
-        ServiceError::CreateRefused { .. } => ttrpc::Code::INVALID_ARGUMENT,
+        ServiceError::CreateRefused {
+            source: CoreError::Annotation(_),
+            ..
+        } => ttrpc::Code::INVALID_ARGUMENT,
+        ServiceError::CreateRefused {
+            source: CoreError::ShuttingDown,
+            ..
+        }
+        | ServiceError::EventFailed {
+            source: CoreError::ShuttingDown,
+            ..
+        } => ttrpc::Code::UNAVAILABLE,
         ServiceError::EventFailed { .. } => ttrpc::Code::FAILED_PRECONDITION,
         ServiceError::SyncTooLarge { .. } => ttrpc::Code::RESOURCE_EXHAUSTED,
     };
@@ -123,10 +138,10 @@ impl PluginService {
         self.handler
             .event(event)
             .await
-            .map_err(|message| ServiceError::EventFailed {
+            .map_err(|source| ServiceError::EventFailed {
                 event: kind.as_str(),
                 container,
-                message,
+                source,
             })
     }
 
@@ -148,9 +163,9 @@ impl PluginService {
                 }
                 Ok(reply)
             }
-            Err(message) => Err(ServiceError::CreateRefused {
+            Err(source) => Err(ServiceError::CreateRefused {
                 container: id,
-                message,
+                source,
             }),
         }
     }
@@ -161,10 +176,7 @@ impl PluginService {
     ) -> Result<api::SynchronizeResponse, ServiceError> {
         let more = req.more;
         let done = {
-            let mut pages = self
-                .sync
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
+            let mut pages = crate::lock::lock(&self.sync);
             let total = pages.pods.len() + pages.containers.len();
             if total + req.pods.len() + req.containers.len() > MAX_SYNC_OBJECTS {
                 *pages = SyncPages::default();
@@ -200,15 +212,15 @@ impl PluginService {
 
 fn log_refusal(err: &ServiceError) {
     match err {
-        ServiceError::CreateRefused { container, message } => {
-            tracing::info!(container = %container, reason = %message, "refused container create");
+        ServiceError::CreateRefused { container, source } => {
+            tracing::info!(container = %container, reason = %source, "refused container create");
         }
         ServiceError::EventFailed {
             event,
             container,
-            message,
+            source,
         } => {
-            tracing::warn!(event = *event, container = %container, reason = %message, "event failed");
+            tracing::warn!(event = *event, container = %container, reason = %source, "event failed");
         }
         ServiceError::SyncTooLarge { max } => {
             tracing::warn!(max = *max, "synchronization too large");
@@ -472,18 +484,42 @@ mod tests {
             ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
             other => panic!("not a status: {other:?}"),
         };
+        let bad = crate::annotations::AnnotationError {
+            key: "k".into(),
+            problem: "bad".into(),
+        };
         assert_eq!(
             status(ServiceError::CreateRefused {
                 container: "c".into(),
-                message: "bad key".into()
+                source: bad.clone().into(),
             }),
-            (ttrpc::Code::INVALID_ARGUMENT, "bad key".to_string())
+            (
+                ttrpc::Code::INVALID_ARGUMENT,
+                "annotation \"k\": bad".to_string()
+            )
+        );
+        assert_eq!(
+            status(ServiceError::CreateRefused {
+                container: "c".into(),
+                source: crate::core::Error::ShuttingDown,
+            })
+            .0,
+            ttrpc::Code::UNAVAILABLE
         );
         assert_eq!(
             status(ServiceError::EventFailed {
                 event: "StartContainer",
                 container: "c".into(),
-                message: "no".into()
+                source: crate::core::Error::ShuttingDown,
+            })
+            .0,
+            ttrpc::Code::UNAVAILABLE
+        );
+        assert_eq!(
+            status(ServiceError::EventFailed {
+                event: "StartContainer",
+                container: "c".into(),
+                source: bad.into(),
             })
             .0,
             ttrpc::Code::FAILED_PRECONDITION

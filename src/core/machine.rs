@@ -1,0 +1,761 @@
+//! The per-container state machine and the one place where every input is handled.
+//!
+//! A container with at least one hook is [`Tracked`]; its [`Phase`] moves only forward:
+//!
+//! ```text
+//!   Created ──PostStart──▶ Running ──gate STOP / StopContainer──▶ Stopping ──hook ended──▶ Stopped
+//!      └──────────────────────┴──────────StopContainer (PreStop held or absent)─────────────▶ Stopped
+//! ```
+//!
+//! "One PreStop per stop" is the `Stopping` phase itself: the first stop request runs the
+//! hook and waits in it, later ones (a retry, a second gate connection, the runtime's own
+//! `StopContainer`) join the waiters or, once `Stopped`, get the same outcome at once.
+//!
+//! [`Machine::handle`] runs on the core's one task and never waits: work that takes time
+//! (hooks, the gate check, killing a container) runs in tasks of its own that report back
+//! through the same input.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::AbortHandle;
+use tracing::{debug, info, warn};
+
+use super::effects::{Effects, GateStatus};
+use super::error::Error;
+use super::{ms, Inbox, Input, PreStopOutcome, Status};
+use crate::annotations::{self, HookSpec, Hooks, Phase as HookPhase};
+use crate::config::Config;
+use crate::gate::GateParams;
+use crate::hooks;
+use crate::model::{Adjustment, Container, ContainerState, Event, EventKind, Pod, RuntimeInfo};
+use crate::ns::pidfd::PidFd;
+
+/// Bound of the `PostCreateContainer` work (the gate's stored-spec rewrite), well under the
+/// runtime's request timeout.
+pub const POST_CREATE_BUDGET: Duration = Duration::from_millis(800);
+
+/// Time the app keeps for itself after its PreStop hook, out of the grace period: the
+/// kubelet's own minimum grace period after a PreStop hook.
+pub const APP_RESERVE: Duration = Duration::from_secs(2);
+
+/// How long a PreStop hook may run so that the app still gets its stop signal with
+/// [`APP_RESERVE`] left of the grace period (half the period when it is shorter than that).
+/// `timeoutSeconds` may shorten it, never lengthen it.
+pub fn pre_stop_bound(timeout: Option<Duration>, grace: Duration) -> Duration {
+    let room = if grace > APP_RESERVE {
+        grace - APP_RESERVE
+    } else {
+        grace / 2
+    };
+    timeout.map_or(room, |t| t.min(room))
+}
+
+/// Where a tracked container is in its life.
+#[derive(Debug)]
+pub(super) enum Phase {
+    /// Created, not started yet.
+    Created,
+    /// Started; its PostStart hook may be running.
+    Running { post_start: Option<AbortHandle> },
+    /// Its PreStop hook runs; the stop requests waiting for it.
+    Stopping {
+        waiters: Vec<oneshot::Sender<PreStopOutcome>>,
+    },
+    /// Stopped; how its PreStop ended, when it ran.
+    Stopped { pre_stop: Option<PreStopOutcome> },
+}
+
+/// Whether the gate holds the container's stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Gate {
+    /// No PreStop hook, or the gate could not be injected.
+    Absent,
+    /// Injected at create; confirmed at post-create.
+    Injected,
+    Gated,
+    /// Injected, but the runtime runs the original entrypoint: PreStop is best-effort.
+    Ungated,
+}
+
+/// A container with at least one hook.
+#[derive(Debug)]
+pub(super) struct Tracked {
+    pub pod: Pod,
+    pub container: Container,
+    pub hooks: Hooks,
+    pub gate: Gate,
+    /// The init process, held from the first sight of its PID to the container's removal.
+    pub init: Option<Arc<PidFd>>,
+    pub phase: Phase,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Phase::Running {
+            post_start: Some(task),
+        } = &self.phase
+        {
+            task.abort();
+        }
+    }
+}
+
+/// The core's state: owned by its one task.
+pub(super) struct Machine {
+    effects: Arc<dyn Effects>,
+    inbox: Inbox,
+    config: Arc<Config>,
+    /// Whether a `Configure` without config text keeps the config we started with
+    /// (external mode with `--config`) or falls back to the defaults (pre-installed).
+    keep_config: bool,
+    permits: Arc<Semaphore>,
+    pub(super) table: HashMap<String, Tracked>,
+}
+
+impl Machine {
+    pub fn new(
+        config: Config,
+        keep_config: bool,
+        effects: Arc<dyn Effects>,
+        inbox: Inbox,
+    ) -> Machine {
+        Machine {
+            permits: Arc::new(Semaphore::new(config.max_concurrent_hooks)),
+            effects,
+            inbox,
+            config: Arc::new(config),
+            keep_config,
+            table: HashMap::new(),
+        }
+    }
+
+    /// Every input, in the order it arrived.
+    pub fn handle(&mut self, input: Input) {
+        match input {
+            Input::Configure { info, done } => {
+                self.configure(info);
+                let _ = done.send(());
+            }
+            Input::Synchronize {
+                pods,
+                containers,
+                done,
+            } => {
+                self.synchronize(pods, containers);
+                let _ = done.send(());
+            }
+            Input::Create {
+                pod,
+                container,
+                reply,
+            } => {
+                let _ = reply.send(self.create(pod, container));
+            }
+            Input::Event { event, done } => self.event(event, done),
+            Input::GateChecked {
+                container_id,
+                status,
+                done,
+            } => {
+                self.gate_checked(&container_id, status);
+                let _ = done.send(());
+            }
+            Input::StopRequested {
+                container_id,
+                signal,
+                reply,
+            } => self.stop_requested(&container_id, signal, reply),
+            Input::HookEnded {
+                container_id,
+                spec,
+                outcome,
+                took,
+            } => self.hook_ended(&container_id, &spec, outcome, took),
+            Input::Status { reply } => {
+                let _ = reply.send(Status {
+                    tracked: self.table.len(),
+                    gated: self
+                        .table
+                        .values()
+                        .filter(|t| t.gate == Gate::Gated)
+                        .count(),
+                });
+            }
+        }
+    }
+
+    fn configure(&mut self, info: RuntimeInfo) {
+        let (config, problem) = if !info.config.trim().is_empty() {
+            match Config::from_toml(&info.config) {
+                Ok(config) => (config, None),
+                Err(e) => ((*self.config).clone(), Some(e)),
+            }
+        } else if self.keep_config {
+            ((*self.config).clone(), None)
+        } else {
+            (Config::default(), None)
+        };
+        self.effects.configure(&config, info.runtime_pid);
+        if let Some(e) = problem {
+            warn!(error = %e, "the plugin config handed over by the runtime is invalid: keeping the current one");
+        }
+        self.resize_permits(
+            self.config.max_concurrent_hooks,
+            config.max_concurrent_hooks,
+        );
+        self.config = Arc::new(config);
+        info!(
+            runtime = %info.runtime_name,
+            version = %info.runtime_version,
+            request_timeout_ms = info.request_timeout_ms,
+            "configured by the runtime"
+        );
+    }
+
+    /// Makes the hook semaphore hold `new` permits instead of `old`. Permits held by running
+    /// hooks are taken back as those hooks end.
+    fn resize_permits(&self, old: usize, new: usize) {
+        let permits = &self.permits;
+        if new > old {
+            permits.add_permits(new - old);
+            return;
+        }
+        let extra = old - new;
+        let rest = extra - permits.forget_permits(extra);
+        let Ok(n) = u32::try_from(rest) else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        let permits = Arc::clone(permits);
+        tokio::spawn(async move {
+            if let Ok(taken) = permits.acquire_many_owned(n).await {
+                taken.forget();
+            }
+        });
+    }
+
+    #[cfg(test)]
+    pub fn free_permits(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    #[cfg(test)]
+    pub async fn take_permits(&self, n: u32) -> tokio::sync::OwnedSemaphorePermit {
+        Arc::clone(&self.permits)
+            .acquire_many_owned(n)
+            .await
+            .expect("semaphore open")
+    }
+
+    fn grace_period(&self, container: &Container) -> Duration {
+        annotations::grace_period(&container.annotations)
+            .unwrap_or(self.config.default_grace_period)
+    }
+
+    fn gate_params(&self, spec: &HookSpec, container: &Container) -> GateParams {
+        GateParams::new(
+            pre_stop_bound(spec.timeout, self.grace_period(container)),
+            spec.stop_signal,
+        )
+    }
+
+    fn create(&mut self, pod: Pod, container: Container) -> Result<Adjustment, Error> {
+        let hooks =
+            annotations::hooks_for(&container.name, &pod.annotations, &container.annotations)?;
+        if hooks.is_empty() {
+            return Ok(Adjustment::default());
+        }
+        let mut adjustment = Adjustment::default();
+        let mut gate = Gate::Absent;
+        if let Some(pre_stop) = &hooks.pre_stop {
+            let params = self.gate_params(pre_stop, &container);
+            match self.effects.gate_adjustment(&container, &params) {
+                Ok(adj) => {
+                    adjustment = adj;
+                    gate = Gate::Injected;
+                }
+                Err(reason) => warn!(
+                    container = %container.id, pod = %pod.name, name = %container.name, %reason,
+                    "cannot inject the PreStop gate: this container's PreStop cannot hold its stop and runs best-effort"
+                ),
+            }
+        }
+        info!(
+            container = %container.id,
+            pod = %format!("{}/{}", pod.namespace, pod.name),
+            name = %container.name,
+            post_start = hooks.post_start.as_ref().map(|s| s.action.kind()),
+            pre_stop = hooks.pre_stop.as_ref().map(|s| s.action.kind()),
+            gate = gate == Gate::Injected,
+            "container has lifecycle hooks"
+        );
+        self.table.insert(
+            container.id.clone(),
+            Tracked {
+                pod,
+                container,
+                hooks,
+                gate,
+                init: None,
+                phase: Phase::Created,
+            },
+        );
+        Ok(adjustment)
+    }
+
+    fn event(&mut self, event: Event, done: oneshot::Sender<()>) {
+        match event.kind {
+            EventKind::PostCreateContainer => return self.post_create(event, done),
+            EventKind::PostStartContainer => self.post_start(event),
+            EventKind::StopContainer => self.stopped(&event.container.id),
+            EventKind::RemoveContainer => self.remove(&event.container.id),
+            EventKind::RemovePodSandbox => {
+                let ids: Vec<String> = self
+                    .table
+                    .iter()
+                    .filter(|(_, t)| t.container.pod_id == event.pod.id)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in ids {
+                    self.remove(&id);
+                }
+            }
+            _ => {}
+        }
+        let _ = done.send(());
+    }
+
+    /// Post-create: confirm the gate (the runtime waits; the check runs in its own task and
+    /// answers the runtime through [`Input::GateChecked`]).
+    fn post_create(&mut self, event: Event, done: oneshot::Sender<()>) {
+        let Some(t) = self.table.get_mut(&event.container.id) else {
+            let _ = done.send(());
+            return;
+        };
+        t.container = event.container;
+        t.pod = event.pod;
+        let spec = match (&t.gate, &t.hooks.pre_stop) {
+            (Gate::Injected, Some(spec)) => spec.clone(),
+            _ => {
+                let _ = done.send(());
+                return;
+            }
+        };
+        let container = t.container.clone();
+        let params = self.gate_params(&spec, &container);
+        let effects = Arc::clone(&self.effects);
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            let status = match tokio::time::timeout(
+                POST_CREATE_BUDGET,
+                effects.gate_post_create(&container, &params),
+            )
+            .await
+            {
+                Ok(status) => status,
+                Err(_) => GateStatus::Ungated(format!(
+                    "putting the gate in front of the entrypoint took longer than {POST_CREATE_BUDGET:?}"
+                )),
+            };
+            inbox
+                .send(Input::GateChecked {
+                    container_id: container.id,
+                    status,
+                    done,
+                })
+                .await;
+        });
+    }
+
+    fn gate_checked(&mut self, id: &str, status: GateStatus) {
+        let Some(t) = self.table.get_mut(id) else {
+            return;
+        };
+        t.gate = match status {
+            GateStatus::Gated => Gate::Gated,
+            GateStatus::Ungated(reason) => {
+                warn!(
+                    container = %id, pod = %t.pod.name, name = %t.container.name, %reason,
+                    "PreStop cannot hold this container's stop: it will run best-effort when the runtime reports the stop"
+                );
+                Gate::Ungated
+            }
+        };
+    }
+
+    /// The container runs: hold its init process and start its PostStart hook.
+    fn post_start(&mut self, event: Event) {
+        let id = event.container.id.clone();
+        let Some(t) = self.table.get_mut(&id) else {
+            return;
+        };
+        let pid = if event.container.pid != 0 {
+            event.container.pid
+        } else {
+            t.container.pid
+        };
+        t.pod = event.pod;
+        t.container = Container {
+            pid,
+            ..event.container
+        };
+        if t.init.is_none() {
+            match self.effects.hold_init(&t.container) {
+                Ok(init) => t.init = Some(init),
+                Err(e) => {
+                    warn!(container = %t.container.id, error = %e, "cannot hold the container's init process")
+                }
+            }
+        }
+        if let (Gate::Gated | Gate::Injected, Some(init)) = (t.gate, &t.init) {
+            self.effects.gate_started(&t.container, init);
+        }
+        if !matches!(t.phase, Phase::Created) {
+            return;
+        }
+        let hook = t.hooks.post_start.clone().map(|spec| {
+            let timeout = spec.timeout.unwrap_or(self.config.default_hook_timeout);
+            (spec, timeout, event_target(self.effects.as_ref(), t))
+        });
+        let post_start =
+            hook.map(|(spec, timeout, target)| self.spawn_hook(&target, spec, timeout));
+        if let Some(t) = self.table.get_mut(&id) {
+            t.phase = Phase::Running { post_start };
+        }
+    }
+
+    /// The gate holds a stop signal: run the PreStop hook, once per stop.
+    fn stop_requested(&mut self, id: &str, signal: i32, reply: oneshot::Sender<PreStopOutcome>) {
+        let Some(t) = self.table.get_mut(id) else {
+            let _ = reply.send(PreStopOutcome::Done);
+            return;
+        };
+        match &mut t.phase {
+            Phase::Stopping { waiters } => waiters.push(reply),
+            Phase::Stopped { pre_stop } => {
+                let _ = reply.send(pre_stop.clone().unwrap_or(PreStopOutcome::Done));
+            }
+            Phase::Created | Phase::Running { .. } => {
+                let Some(spec) = t.hooks.pre_stop.clone() else {
+                    let _ = reply.send(PreStopOutcome::Done);
+                    return;
+                };
+                info!(
+                    container = %id, name = %t.container.name, hook = "preStop", signal,
+                    handler = spec.action.kind(), "gate holds the stop signal: running PreStop"
+                );
+                self.begin_pre_stop(id, spec, vec![reply]);
+            }
+        }
+    }
+
+    /// Moves a container into `Stopping` and starts its PreStop hook.
+    fn begin_pre_stop(
+        &mut self,
+        id: &str,
+        spec: HookSpec,
+        waiters: Vec<oneshot::Sender<PreStopOutcome>>,
+    ) {
+        let Some(t) = self.table.get(id) else {
+            return;
+        };
+        let bound = pre_stop_bound(spec.timeout, self.grace_period(&t.container));
+        let target = event_target(self.effects.as_ref(), t);
+        self.spawn_hook(&target, spec, bound);
+        if let Some(t) = self.table.get_mut(id) {
+            // Replacing `Running` drops its PostStart handle: abort it first.
+            if let Phase::Running {
+                post_start: Some(task),
+            } = &t.phase
+            {
+                task.abort();
+            }
+            t.phase = Phase::Stopping { waiters };
+        }
+    }
+
+    /// The runtime reports the container stopped (after it sent the stop signal).
+    fn stopped(&mut self, id: &str) {
+        let Some(t) = self.table.get_mut(id) else {
+            return;
+        };
+        match &t.phase {
+            Phase::Stopping { .. } | Phase::Stopped { .. } => {}
+            Phase::Created | Phase::Running { .. } => {
+                let best_effort = match (&t.hooks.pre_stop, t.gate) {
+                    (Some(spec), Gate::Absent | Gate::Ungated) => Some(spec.clone()),
+                    _ => None,
+                };
+                match best_effort {
+                    Some(spec) => {
+                        info!(container = %id, hook = "preStop", "no gate: running PreStop best-effort after the stop");
+                        self.begin_pre_stop(id, spec, Vec::new());
+                    }
+                    None => {
+                        if let Phase::Running {
+                            post_start: Some(task),
+                        } = &t.phase
+                        {
+                            task.abort();
+                        }
+                        t.phase = Phase::Stopped { pre_stop: None };
+                    }
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(t) = self.table.remove(id) {
+            if let Phase::Stopping { waiters } = &t.phase {
+                debug!(container = %id, waiting = waiters.len(), "container removed while its PreStop ran");
+            }
+            self.effects.forget(id);
+        }
+    }
+
+    fn hook_ended(&mut self, id: &str, spec: &HookSpec, outcome: hooks::Outcome, took: Duration) {
+        let Some(t) = self.table.get_mut(id) else {
+            debug!(container = %id, hook = spec.phase.as_str(), "hook ended after its container was removed");
+            return;
+        };
+        let pod = format!("{}/{}", t.pod.namespace, t.pod.name);
+        let name = t.container.name.clone();
+        let handler = spec.action.kind();
+        let hook = spec.phase.as_str();
+        let took_ms = ms(took);
+        match spec.phase {
+            HookPhase::PreStop => {
+                let result = match &outcome {
+                    hooks::Outcome::Succeeded { output } => {
+                        info!(container = %id, %pod, %name, hook, handler, took_ms, output = %output.trim_end(), "hook succeeded");
+                        PreStopOutcome::Done
+                    }
+                    hooks::Outcome::ContainerGone => PreStopOutcome::Done,
+                    hooks::Outcome::TimedOut { .. } => {
+                        warn!(container = %id, %pod, %name, hook, handler, took_ms, "hook timed out: the stop signal goes on");
+                        PreStopOutcome::TimedOut
+                    }
+                    hooks::Outcome::Failed { reason } => {
+                        warn!(container = %id, %pod, %name, hook, handler, %reason, "hook failed");
+                        PreStopOutcome::Failed(reason.clone())
+                    }
+                };
+                let previous = std::mem::replace(
+                    &mut t.phase,
+                    Phase::Stopped {
+                        pre_stop: Some(result.clone()),
+                    },
+                );
+                if let Phase::Stopping { waiters } = previous {
+                    for w in waiters {
+                        let _ = w.send(result.clone());
+                    }
+                }
+            }
+            HookPhase::PostStart => {
+                let running = matches!(t.phase, Phase::Running { .. });
+                if running {
+                    t.phase = Phase::Running { post_start: None };
+                }
+                let Some(reason) = failure(&outcome, spec.timeout) else {
+                    match &outcome {
+                        hooks::Outcome::Succeeded { output } => info!(
+                            container = %id, %pod, %name, hook, handler, took_ms,
+                            output = %output.trim_end(), "hook succeeded"
+                        ),
+                        _ => debug!(container = %id, hook, "container exited: hook abandoned"),
+                    }
+                    return;
+                };
+                if !running {
+                    debug!(container = %id, hook, %reason, "container is stopping: hook failure ignored");
+                    return;
+                }
+                warn!(container = %id, %pod, %name, hook, handler, %reason, "hook failed: stopping the container");
+                self.kill(id, format!("PostStart hook failed: {reason}"));
+            }
+        }
+    }
+
+    /// Stops a container the way the kubelet does after a failed PostStart: the termination
+    /// message, the stop signal, SIGKILL after the grace period.
+    fn kill(&self, id: &str, message: String) {
+        let Some(t) = self.table.get(id) else {
+            return;
+        };
+        let container = t.container.clone();
+        let grace = self.grace_period(&container);
+        let effects = Arc::clone(&self.effects);
+        let Some(init) = t.init.clone() else {
+            warn!(container = %id, "no init process held: cannot stop the container");
+            return;
+        };
+        tokio::spawn(async move {
+            let id = &container.id;
+            if let Err(e) = effects.write_termination_message(&container, &message) {
+                warn!(container = %id, error = %e, "cannot write the termination message");
+            }
+            if let Err(e) = effects.signal(id, &init, libc::SIGTERM) {
+                debug!(container = %id, error = %e, "stop signal not delivered");
+                return;
+            }
+            if tokio::time::timeout(grace, effects.exited(&init))
+                .await
+                .is_err()
+            {
+                warn!(container = %id, grace_s = grace.as_secs(), "container outlived its grace period: SIGKILL");
+                if let Err(e) = effects.signal(id, &init, libc::SIGKILL) {
+                    debug!(container = %id, error = %e, "SIGKILL not delivered");
+                }
+            }
+        });
+    }
+
+    /// Runs one hook in its own task, bounded by `bound`; its end comes back as an input.
+    fn spawn_hook(&self, target: &hooks::Target, spec: HookSpec, bound: Duration) -> AbortHandle {
+        let effects = Arc::clone(&self.effects);
+        let permits = Arc::clone(&self.permits);
+        let inbox = self.inbox.clone();
+        let limits = hooks::Limits {
+            default_timeout: bound,
+            allowed_hosts: self.config.allowed_hosts.clone(),
+        };
+        let target = target.clone();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut spec = spec;
+            spec.timeout = Some(bound);
+            let outcome = match permits.acquire_owned().await {
+                Ok(_permit) => effects.run_hook(&spec, &target, &limits).await,
+                Err(_) => hooks::Outcome::Failed {
+                    reason: "the plugin is shutting down".into(),
+                },
+            };
+            inbox
+                .send(Input::HookEnded {
+                    container_id: target.container_id,
+                    spec,
+                    outcome,
+                    took: started.elapsed(),
+                })
+                .await;
+        });
+        task.abort_handle()
+    }
+
+    /// Rebuilds the table from the runtime's view after a (re)connection.
+    fn synchronize(&mut self, pods: Vec<Pod>, containers: Vec<Container>) {
+        let live: HashSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+        let stale: Vec<String> = self
+            .table
+            .keys()
+            .filter(|id| !live.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in stale {
+            self.remove(&id);
+        }
+        let pods: HashMap<&str, &Pod> = pods.iter().map(|p| (p.id.as_str(), p)).collect();
+        for container in &containers {
+            if self.table.contains_key(&container.id) {
+                continue;
+            }
+            let pod = pods
+                .get(container.pod_id.as_str())
+                .map(|p| (*p).clone())
+                .unwrap_or_default();
+            let hooks = match annotations::hooks_for(
+                &container.name,
+                &pod.annotations,
+                &container.annotations,
+            ) {
+                Ok(h) => h,
+                Err(e) => {
+                    warn!(container = %container.id, error = %e, "existing container has an invalid hook annotation: its hooks are ignored");
+                    continue;
+                }
+            };
+            if hooks.is_empty() {
+                continue;
+            }
+            let gate = if hooks.pre_stop.is_some() && self.effects.is_gated(container) {
+                Gate::Gated
+            } else {
+                Gate::Absent
+            };
+            let running = matches!(
+                container.state,
+                ContainerState::Running | ContainerState::Paused
+            );
+            let init = if running && container.pid != 0 {
+                match self.effects.hold_init(container) {
+                    Ok(init) => Some(init),
+                    Err(e) => {
+                        warn!(container = %container.id, error = %e, "cannot hold the container's init process");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let phase = match container.state {
+                ContainerState::Running | ContainerState::Paused => {
+                    Phase::Running { post_start: None }
+                }
+                ContainerState::Stopped => Phase::Stopped { pre_stop: None },
+                _ => Phase::Created,
+            };
+            self.table.insert(
+                container.id.clone(),
+                Tracked {
+                    pod,
+                    container: container.clone(),
+                    hooks,
+                    gate,
+                    init,
+                    phase,
+                },
+            );
+        }
+        self.effects.gate_resync(&containers);
+        debug!(
+            containers = containers.len(),
+            tracked = self.table.len(),
+            "container table rebuilt"
+        );
+    }
+}
+
+/// What a hook runner needs to know about a tracked container.
+fn event_target(effects: &dyn Effects, t: &Tracked) -> hooks::Target {
+    hooks::Target {
+        container_id: t.container.id.clone(),
+        init: t.init.clone(),
+        process: Some(t.container.process.clone()),
+        bundle: effects.bundle(&t.container.id),
+        pod_ips: t.pod.ips.clone(),
+        pod_netns: t.pod.netns_path().map(Into::into),
+        pod_pid: t.pod.pid,
+    }
+}
+
+/// The failure a hook outcome stands for, as the kubelet words it.
+fn failure(outcome: &hooks::Outcome, bound: Option<Duration>) -> Option<String> {
+    let after = bound.map_or(0.0, |b| b.as_secs_f64());
+    match outcome {
+        hooks::Outcome::Failed { reason } => Some(reason.clone()),
+        hooks::Outcome::TimedOut { output } if output.is_empty() => {
+            Some(format!("timed out after {after}s"))
+        }
+        hooks::Outcome::TimedOut { output } => {
+            Some(format!("timed out after {after}s; output: {output}"))
+        }
+        _ => None,
+    }
+}

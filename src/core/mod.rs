@@ -1,0 +1,250 @@
+//! The event core: one input, one task, one state machine per container.
+//!
+//! Everything that can change a container's state arrives as an [`Input`] on one channel:
+//! the runtime's NRI requests (through [`Core`], the protocol edge's [`Handler`]), the gate's
+//! stop requests (through an [`Inbox`] the gate servers hold), and the core's own feedback
+//! (a hook ended, the gate check finished). One task takes them in order and hands each to
+//! [`machine::Machine::handle`], where every transition lives. Ordering and "at most one
+//! PreStop per stop" are therefore decided in one place, without locks.
+//!
+//! The task never waits on the outside world: hooks, the gate check and killing a container
+//! run in tasks of their own, bounded, and report back as inputs. Everything that touches the
+//! outside world goes through [`Effects`], handed to the core once, so the machine is
+//! testable without root or a runtime.
+
+mod effects;
+mod error;
+mod machine;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+
+pub use effects::{Effects, GateStatus};
+pub use error::{EffectError, Error};
+pub use machine::{pre_stop_bound, APP_RESERVE, POST_CREATE_BUDGET};
+
+use crate::annotations::HookSpec;
+use crate::config::Config;
+use crate::hooks;
+use crate::model::{Adjustment, Container, Event, EventKind, Pod, RuntimeInfo};
+use crate::nri::Handler;
+
+/// Where the kubelet mounts the termination-message file in a container.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Inputs queued at most; senders wait beyond that (the runtime's own lock and the gate
+/// servers' connection limits keep the queue far shorter).
+const QUEUE: usize = 1024;
+
+/// How a PreStop hook ended, as the gate is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreStopOutcome {
+    Done,
+    Failed(String),
+    TimedOut,
+}
+
+/// Counts of the container table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Containers with at least one hook.
+    pub tracked: usize,
+    /// Of those, the ones whose stop the gate holds.
+    pub gated: usize,
+}
+
+/// One input of the core.
+#[derive(Debug)]
+pub(crate) enum Input {
+    Configure {
+        info: RuntimeInfo,
+        done: oneshot::Sender<()>,
+    },
+    Synchronize {
+        pods: Vec<Pod>,
+        containers: Vec<Container>,
+        done: oneshot::Sender<()>,
+    },
+    Create {
+        pod: Pod,
+        container: Container,
+        reply: oneshot::Sender<Result<Adjustment, Error>>,
+    },
+    /// Every other runtime event; `done` answers the runtime.
+    Event {
+        event: Event,
+        done: oneshot::Sender<()>,
+    },
+    /// The gate holds a stop signal and asks for the PreStop hook.
+    StopRequested {
+        container_id: String,
+        signal: i32,
+        reply: oneshot::Sender<PreStopOutcome>,
+    },
+    /// The post-create gate check ended; `done` answers the runtime's `PostCreateContainer`.
+    GateChecked {
+        container_id: String,
+        status: GateStatus,
+        done: oneshot::Sender<()>,
+    },
+    /// A hook ended (it carries the bound it ran with as its timeout).
+    HookEnded {
+        container_id: String,
+        spec: HookSpec,
+        outcome: hooks::Outcome,
+        took: Duration,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+}
+
+/// The sending end of the core's input, for the gate servers and the core's own tasks.
+#[derive(Clone, Debug)]
+pub struct Inbox(mpsc::Sender<Input>);
+
+/// The receiving end, handed to [`Core::start`].
+pub struct Inlet(mpsc::Receiver<Input>);
+
+/// The core's input channel. Make it first, hand the [`Inbox`] to whatever sends stop
+/// requests (the node's gate servers), then start the core on the [`Inlet`].
+pub fn channel() -> (Inbox, Inlet) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (Inbox(tx), Inlet(rx))
+}
+
+impl Inbox {
+    async fn send(&self, input: Input) {
+        // A closed channel means the core has ended; the input's reply sender is dropped with
+        // it, which its waiter sees.
+        let _ = self.0.send(input).await;
+    }
+
+    /// The gate of `container_id` holds `signal`: runs the container's PreStop hook (once
+    /// per stop) and returns how it ended.
+    pub async fn stop_requested(&self, container_id: &str, signal: i32) -> PreStopOutcome {
+        let (reply, answer) = oneshot::channel();
+        self.send(Input::StopRequested {
+            container_id: container_id.to_string(),
+            signal,
+            reply,
+        })
+        .await;
+        answer
+            .await
+            .unwrap_or_else(|_| PreStopOutcome::Failed("the plugin is shutting down".into()))
+    }
+}
+
+/// The protocol edge's handle on the core. Cheap to clone; the core's task ends when the
+/// last clone is dropped.
+#[derive(Clone)]
+pub struct Core {
+    inbox: Inbox,
+    _alive: Arc<oneshot::Sender<()>>,
+}
+
+impl Core {
+    /// Starts the core's task on `inlet` with `effects`. `keep_config`: a `Configure` without
+    /// config text keeps `config` (external mode with `--config`) instead of the defaults.
+    pub fn start(
+        config: Config,
+        keep_config: bool,
+        effects: Arc<dyn Effects>,
+        inbox: Inbox,
+        inlet: Inlet,
+    ) -> Core {
+        let (alive, mut dropped) = oneshot::channel::<()>();
+        let mut machine = machine::Machine::new(config, keep_config, effects, inbox.clone());
+        let Inlet(mut rx) = inlet;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    input = rx.recv() => match input {
+                        Some(input) => machine.handle(input),
+                        None => break,
+                    },
+                    _ = &mut dropped => break,
+                }
+            }
+        });
+        Core {
+            inbox,
+            _alive: Arc::new(alive),
+        }
+    }
+
+    /// Counts of the container table.
+    pub async fn status(&self) -> Status {
+        let (reply, answer) = oneshot::channel();
+        self.inbox.send(Input::Status { reply }).await;
+        answer.await.unwrap_or_default()
+    }
+
+    /// Sends an input that is answered with `()` and waits for the answer.
+    async fn call(&self, make: impl FnOnce(oneshot::Sender<()>) -> Input) -> Result<(), Error> {
+        let (done, answer) = oneshot::channel();
+        self.inbox.send(make(done)).await;
+        answer.await.map_err(|_| Error::ShuttingDown)
+    }
+}
+
+#[async_trait]
+impl Handler for Core {
+    fn events(&self) -> Vec<EventKind> {
+        vec![
+            EventKind::CreateContainer,
+            EventKind::PostCreateContainer,
+            EventKind::PostStartContainer,
+            EventKind::StopContainer,
+            EventKind::RemoveContainer,
+            EventKind::RemovePodSandbox,
+        ]
+    }
+
+    async fn configure(&self, info: RuntimeInfo) {
+        let _ = self.call(|done| Input::Configure { info, done }).await;
+    }
+
+    async fn synchronize(&self, pods: Vec<Pod>, containers: Vec<Container>) {
+        let _ = self
+            .call(|done| Input::Synchronize {
+                pods,
+                containers,
+                done,
+            })
+            .await;
+    }
+
+    async fn create_container(&self, pod: Pod, container: Container) -> Result<Adjustment, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.inbox
+            .send(Input::Create {
+                pod,
+                container,
+                reply,
+            })
+            .await;
+        answer.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    async fn event(&self, event: Event) -> Result<(), Error> {
+        self.call(|done| Input::Event { event, done }).await
+    }
+
+    async fn shutdown(&self) {
+        tracing::info!("runtime connection ended");
+    }
+}
+
+/// Milliseconds with two decimals, for logs.
+pub(crate) fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests;

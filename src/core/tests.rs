@@ -1,0 +1,580 @@
+//! The core's state machine against a recording fake of the outside world.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{Notify, Semaphore};
+
+use super::*;
+use crate::annotations::{self, AnnotationError};
+use crate::gate::GateParams;
+use crate::model::ContainerState;
+use crate::ns::pidfd::PidFd;
+
+/// Records what the core asks of the world; hook outcomes are scripted.
+#[derive(Default)]
+struct Fake {
+    calls: Mutex<Vec<String>>,
+    outcome: Mutex<Option<hooks::Outcome>>,
+    /// When set, every hook waits for a permit of this semaphore before it ends.
+    hold: Option<Arc<Semaphore>>,
+    exited: Notify,
+    ungated: bool,
+}
+
+impl Fake {
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn record(&self, s: String) {
+        self.calls.lock().unwrap().push(s);
+    }
+    fn count(&self, prefix: &str) -> usize {
+        self.calls()
+            .iter()
+            .filter(|c| c.starts_with(prefix))
+            .count()
+    }
+}
+
+#[async_trait]
+impl Effects for Fake {
+    fn configure(&self, config: &Config, _runtime_pid: u32) {
+        self.record(format!("configure {}", config.max_concurrent_hooks));
+    }
+    fn hold_init(&self, container: &Container) -> Result<Arc<PidFd>, EffectError> {
+        self.record(format!("hold {}", container.id));
+        // Our own process stands in for the container's init.
+        Ok(Arc::new(PidFd::open(std::process::id()).unwrap()))
+    }
+    fn bundle(&self, container_id: &str) -> Option<PathBuf> {
+        Some(PathBuf::from(format!("/bundles/{container_id}")))
+    }
+    async fn run_hook(
+        &self,
+        spec: &HookSpec,
+        target: &hooks::Target,
+        limits: &hooks::Limits,
+    ) -> hooks::Outcome {
+        assert!(
+            target.init.is_some(),
+            "hooks run with the held init process"
+        );
+        assert_eq!(
+            target.bundle,
+            Some(PathBuf::from(format!("/bundles/{}", target.container_id)))
+        );
+        self.record(format!(
+            "run {} {} {}s",
+            spec.phase.as_str(),
+            target.container_id,
+            limits.default_timeout.as_secs_f64()
+        ));
+        if let Some(hold) = &self.hold {
+            hold.acquire().await.unwrap().forget();
+        }
+        self.outcome
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or(hooks::Outcome::Succeeded {
+                output: String::new(),
+            })
+    }
+    fn signal(&self, container_id: &str, _init: &PidFd, signal: i32) -> Result<(), EffectError> {
+        self.record(format!("signal {container_id} {signal}"));
+        Ok(())
+    }
+    async fn exited(&self, _init: &PidFd) {
+        self.exited.notified().await
+    }
+    fn write_termination_message(
+        &self,
+        container: &Container,
+        message: &str,
+    ) -> Result<(), EffectError> {
+        self.record(format!("message {}: {message}", container.id));
+        Ok(())
+    }
+    fn gate_adjustment(
+        &self,
+        container: &Container,
+        params: &GateParams,
+    ) -> Result<Adjustment, EffectError> {
+        self.record(format!(
+            "inject {} {}s",
+            container.id,
+            params.timeout.as_secs_f64()
+        ));
+        let mut adj = Adjustment::default();
+        adj.annotations.insert("gated".into(), "1".into());
+        Ok(adj)
+    }
+    async fn gate_post_create(&self, container: &Container, _: &GateParams) -> GateStatus {
+        self.record(format!("post-create {}", container.id));
+        if self.ungated {
+            GateStatus::Ungated("no API".into())
+        } else {
+            GateStatus::Gated
+        }
+    }
+    fn gate_started(&self, container: &Container, _init: &PidFd) {
+        self.record(format!("gate-started {}", container.id));
+    }
+    fn is_gated(&self, c: &Container) -> bool {
+        c.annotations.contains_key("gated")
+    }
+    fn gate_resync(&self, containers: &[Container]) {
+        for c in containers.iter().filter(|c| self.is_gated(c)) {
+            self.record(format!("resync {}", c.id));
+        }
+    }
+    fn forget(&self, id: &str) {
+        self.record(format!("forget {id}"));
+    }
+}
+
+fn pod(annotations: &[(&str, &str)]) -> Pod {
+    Pod {
+        id: "pod1".into(),
+        name: "web".into(),
+        namespace: "default".into(),
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Pod::default()
+    }
+}
+
+/// A container of a pod with a 7 s grace period.
+fn container(id: &str, name: &str) -> Container {
+    Container {
+        id: id.into(),
+        pod_id: "pod1".into(),
+        name: name.into(),
+        pid: 4242,
+        annotations: BTreeMap::from([(annotations::GRACE_PERIOD_KEY.to_string(), "7".to_string())]),
+        ..Container::default()
+    }
+}
+
+fn event(kind: EventKind, pod: &Pod, c: &Container) -> Event {
+    Event {
+        kind,
+        pod: pod.clone(),
+        container: c.clone(),
+    }
+}
+
+fn start(fake: &Arc<Fake>) -> (Core, Inbox) {
+    let (inbox, inlet) = channel();
+    let effects: Arc<dyn Effects> = fake.clone();
+    let core = Core::start(Config::default(), false, effects, inbox.clone(), inlet);
+    (core, inbox)
+}
+
+/// Lets spawned tasks run and their reports reach the core.
+async fn settle(core: &Core) {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+        core.status().await;
+    }
+}
+
+/// Create, post-create and post-start, as the runtime sends them.
+async fn run_container(core: &Core, p: &Pod, c: &Container) -> Adjustment {
+    let adj = core.create_container(p.clone(), c.clone()).await.unwrap();
+    core.event(event(EventKind::PostCreateContainer, p, c))
+        .await
+        .unwrap();
+    core.event(event(EventKind::PostStartContainer, p, c))
+        .await
+        .unwrap();
+    adj
+}
+
+#[test]
+fn pre_stop_leaves_the_app_its_reserve_of_the_grace_period() {
+    let s = Duration::from_secs;
+    // Grace 5 s, a 20 s hook: the hook gets 3 s, the app the last 2 s.
+    assert_eq!(pre_stop_bound(Some(s(20)), s(5)), s(3));
+    assert_eq!(pre_stop_bound(None, s(30)), s(28));
+    assert_eq!(pre_stop_bound(Some(s(10)), s(30)), s(10));
+    // Periods of 2 s or less are shared half and half.
+    assert_eq!(pre_stop_bound(None, s(2)), s(1));
+    assert_eq!(pre_stop_bound(Some(s(5)), s(1)), Duration::from_millis(500));
+    assert_eq!(pre_stop_bound(None, Duration::ZERO), Duration::ZERO);
+}
+
+#[tokio::test]
+async fn container_without_hooks_is_not_touched() {
+    let fake = Arc::new(Fake::default());
+    let (core, _) = start(&fake);
+    let p = pod(&[]);
+    let c = container("c1", "app");
+    assert!(run_container(&core, &p, &c).await.is_empty());
+    core.event(event(EventKind::StopContainer, &p, &c))
+        .await
+        .unwrap();
+    core.event(event(EventKind::RemoveContainer, &p, &c))
+        .await
+        .unwrap();
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+    assert_eq!(core.status().await, Status::default());
+}
+
+#[tokio::test]
+async fn invalid_annotation_refuses_create_with_a_typed_error() {
+    let fake = Arc::new(Fake::default());
+    let (core, _) = start(&fake);
+    let p = pod(&[("poststart.lifecycle.nri.io/container.app", "{bad")]);
+    let err = core
+        .create_container(p, container("c1", "app"))
+        .await
+        .unwrap_err();
+    let Error::Annotation(AnnotationError { key, problem }) = &err else {
+        panic!("not an annotation error: {err:?}");
+    };
+    assert_eq!(key, "poststart.lifecycle.nri.io/container.app");
+    assert!(problem.starts_with("invalid JSON"), "{problem}");
+    assert_eq!(core.status().await.tracked, 0);
+}
+
+#[tokio::test]
+async fn post_start_runs_with_the_held_init_after_start() {
+    let fake = Arc::new(Fake::default());
+    let (core, _) = start(&fake);
+    let p = pod(&[(
+        "poststart.lifecycle.nri.io/pod",
+        r#"{"exec":{"command":["true"]},"timeoutSeconds":3}"#,
+    )]);
+    let c = container("c1", "app");
+    assert!(run_container(&core, &p, &c).await.is_empty());
+    settle(&core).await;
+    assert_eq!(fake.calls(), vec!["hold c1", "run postStart c1 3s"]);
+    assert_eq!(
+        core.status().await,
+        Status {
+            tracked: 1,
+            gated: 0
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_post_start_writes_message_signals_and_kills_after_grace() {
+    let fake = Arc::new(Fake {
+        outcome: Mutex::new(Some(hooks::Outcome::Failed {
+            reason: "exit status 3: boom".into(),
+        })),
+        ..Fake::default()
+    });
+    let (core, _) = start(&fake);
+    let p = pod(&[(
+        "poststart.lifecycle.nri.io/container.app",
+        r#"{"exec":{"command":["false"]}}"#,
+    )]);
+    let c = container("c1", "app");
+    run_container(&core, &p, &c).await;
+    // The container never exits by itself: SIGTERM, then SIGKILL after the 7 s grace period.
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if fake.count("signal") >= 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        fake.calls(),
+        vec![
+            "hold c1",
+            "run postStart c1 30s",
+            "message c1: PostStart hook failed: exit status 3: boom",
+            "signal c1 15",
+            "signal c1 9"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn post_start_failure_after_the_container_is_gone_kills_nothing() {
+    let fake = Arc::new(Fake {
+        outcome: Mutex::new(Some(hooks::Outcome::ContainerGone)),
+        ..Fake::default()
+    });
+    let (core, _) = start(&fake);
+    let p = pod(&[(
+        "poststart.lifecycle.nri.io/pod",
+        r#"{"sleep":{"seconds":5}}"#,
+    )]);
+    let c = container("c1", "app");
+    run_container(&core, &p, &c).await;
+    core.event(event(EventKind::StopContainer, &p, &c))
+        .await
+        .unwrap();
+    settle(&core).await;
+    assert_eq!(fake.count("signal"), 0, "{:?}", fake.calls());
+}
+
+#[tokio::test]
+async fn pre_stop_runs_once_per_stop_however_often_the_gate_asks() {
+    let hold = Arc::new(Semaphore::new(0));
+    let fake = Arc::new(Fake {
+        hold: Some(hold.clone()),
+        ..Fake::default()
+    });
+    let (core, inbox) = start(&fake);
+    let p = pod(&[(
+        "prestop.lifecycle.nri.io/container.app",
+        r#"{"sleep":{"seconds":2},"timeoutSeconds":60}"#,
+    )]);
+    let c = container("c1", "app");
+    let adj = run_container(&core, &p, &c).await;
+    assert_eq!(adj.annotations.get("gated").map(String::as_str), Some("1"));
+    assert_eq!(core.status().await.gated, 1);
+    // Two gate connections ask at once while the hook runs: one run, the same answer.
+    let first = tokio::spawn({
+        let inbox = inbox.clone();
+        async move { inbox.stop_requested("c1", libc::SIGTERM).await }
+    });
+    let second = tokio::spawn({
+        let inbox = inbox.clone();
+        async move { inbox.stop_requested("c1", libc::SIGTERM).await }
+    });
+    settle(&core).await;
+    assert_eq!(fake.count("run preStop"), 1, "{:?}", fake.calls());
+    hold.add_permits(10);
+    assert_eq!(first.await.unwrap(), PreStopOutcome::Done);
+    assert_eq!(second.await.unwrap(), PreStopOutcome::Done);
+    // A retry after it ended, and the runtime's own stop, run nothing more.
+    assert_eq!(
+        inbox.stop_requested("c1", libc::SIGTERM).await,
+        PreStopOutcome::Done
+    );
+    core.event(event(EventKind::StopContainer, &p, &c))
+        .await
+        .unwrap();
+    assert_eq!(
+        inbox.stop_requested("unknown", libc::SIGTERM).await,
+        PreStopOutcome::Done
+    );
+    core.event(event(EventKind::RemoveContainer, &p, &c))
+        .await
+        .unwrap();
+    settle(&core).await;
+    // timeoutSeconds 60 is cut to the 7 s grace period less the app's 2 s; the gate waits
+    // slightly longer than the hook.
+    assert_eq!(
+        fake.calls(),
+        vec![
+            "inject c1 5.5s",
+            "post-create c1",
+            "hold c1",
+            "gate-started c1",
+            "run preStop c1 5s",
+            "forget c1"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_pre_stop_is_told_to_every_waiter() {
+    let fake = Arc::new(Fake {
+        outcome: Mutex::new(Some(hooks::Outcome::Failed {
+            reason: "HTTP 500".into(),
+        })),
+        ..Fake::default()
+    });
+    let (core, inbox) = start(&fake);
+    let p = pod(&[(
+        "prestop.lifecycle.nri.io/pod",
+        r#"{"httpGet":{"path":"/drain","port":80}}"#,
+    )]);
+    let c = container("c1", "app");
+    run_container(&core, &p, &c).await;
+    let failed = PreStopOutcome::Failed("HTTP 500".into());
+    assert_eq!(inbox.stop_requested("c1", libc::SIGTERM).await, failed);
+    assert_eq!(inbox.stop_requested("c1", libc::SIGINT).await, failed);
+    assert_eq!(fake.count("run preStop"), 1);
+}
+
+#[tokio::test]
+async fn a_stop_during_post_start_cancels_it_and_runs_pre_stop() {
+    let hold = Arc::new(Semaphore::new(0));
+    let fake = Arc::new(Fake {
+        hold: Some(hold.clone()),
+        outcome: Mutex::new(Some(hooks::Outcome::Failed {
+            reason: "late".into(),
+        })),
+        ..Fake::default()
+    });
+    let (core, inbox) = start(&fake);
+    let p = pod(&[
+        (
+            "poststart.lifecycle.nri.io/pod",
+            r#"{"exec":{"command":["sleep","100"]}}"#,
+        ),
+        ("prestop.lifecycle.nri.io/pod", r#"{"sleep":{"seconds":1}}"#),
+    ]);
+    let c = container("c1", "app");
+    run_container(&core, &p, &c).await;
+    settle(&core).await;
+    assert_eq!(fake.count("run postStart"), 1);
+    let stop = tokio::spawn({
+        let inbox = inbox.clone();
+        async move { inbox.stop_requested("c1", libc::SIGTERM).await }
+    });
+    settle(&core).await;
+    hold.add_permits(10);
+    // The PreStop hook "fails" too (scripted), but the cancelled PostStart never reports,
+    // so nothing kills the container on its behalf.
+    assert_eq!(stop.await.unwrap(), PreStopOutcome::Failed("late".into()));
+    settle(&core).await;
+    assert_eq!(fake.count("signal"), 0, "{:?}", fake.calls());
+    assert_eq!(fake.count("message"), 0, "{:?}", fake.calls());
+}
+
+#[tokio::test]
+async fn ungated_pre_stop_runs_best_effort_at_stop() {
+    let fake = Arc::new(Fake {
+        ungated: true,
+        ..Fake::default()
+    });
+    let (core, _) = start(&fake);
+    let p = pod(&[("prestop.lifecycle.nri.io/pod", r#"{"sleep":{"seconds":0}}"#)]);
+    let c = container("c1", "app");
+    run_container(&core, &p, &c).await;
+    assert_eq!(core.status().await.gated, 0);
+    core.event(event(EventKind::StopContainer, &p, &c))
+        .await
+        .unwrap();
+    core.event(event(EventKind::StopContainer, &p, &c))
+        .await
+        .unwrap();
+    settle(&core).await;
+    assert_eq!(fake.count("run preStop c1 5s"), 1, "{:?}", fake.calls());
+}
+
+#[tokio::test]
+async fn synchronize_rebuilds_and_forgets_and_churn_does_not_grow() {
+    let fake = Arc::new(Fake::default());
+    let (core, inbox) = start(&fake);
+    let p = pod(&[("prestop.lifecycle.nri.io/pod", r#"{"sleep":{"seconds":1}}"#)]);
+    let mut gated = container("g1", "app");
+    gated.state = ContainerState::Running;
+    gated.annotations.insert("gated".into(), "1".into());
+    let plain = container("p1", "side");
+    core.create_container(p.clone(), container("old", "x"))
+        .await
+        .unwrap();
+    core.synchronize(vec![p.clone()], vec![gated.clone(), plain.clone()])
+        .await;
+    // "old" is gone; both existing containers have the pod's hook, "g1" is gated.
+    assert_eq!(
+        core.status().await,
+        Status {
+            tracked: 2,
+            gated: 1
+        }
+    );
+    let calls = fake.calls();
+    assert!(calls.contains(&"forget old".to_string()), "{calls:?}");
+    assert!(calls.contains(&"hold g1".to_string()), "{calls:?}");
+    assert!(calls.contains(&"resync g1".to_string()), "{calls:?}");
+    // The gated container found again still holds its stop: its PreStop runs on request.
+    assert_eq!(
+        inbox.stop_requested("g1", libc::SIGTERM).await,
+        PreStopOutcome::Done
+    );
+    assert_eq!(fake.count("run preStop g1"), 1);
+    for i in 0..1000 {
+        let c = container(&format!("churn{i}"), "app");
+        core.create_container(p.clone(), c.clone()).await.unwrap();
+        core.event(event(EventKind::RemoveContainer, &p, &c))
+            .await
+            .unwrap();
+    }
+    core.event(Event {
+        kind: EventKind::RemovePodSandbox,
+        pod: p.clone(),
+        container: Container::default(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(core.status().await, Status::default());
+}
+
+#[tokio::test]
+async fn runtime_config_is_applied_through_the_effects() {
+    let fake = Arc::new(Fake::default());
+    let (core, _) = start(&fake);
+    let info = |config: &str| RuntimeInfo {
+        config: config.into(),
+        ..RuntimeInfo::default()
+    };
+    core.configure(info("max_concurrent_hooks = 3")).await;
+    // An invalid config keeps the current one; an empty one (pre-installed) gives defaults.
+    core.configure(info("no_such_key = 1")).await;
+    core.configure(info("")).await;
+    assert_eq!(
+        fake.calls(),
+        vec!["configure 3", "configure 3", "configure 64"]
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_core_answers_the_gate_instead_of_hanging() {
+    let fake = Arc::new(Fake::default());
+    let (core, inbox) = start(&fake);
+    drop(core);
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(10),
+        inbox.stop_requested("c1", libc::SIGTERM),
+    )
+    .await
+    .expect("answered");
+    assert!(matches!(
+        outcome,
+        PreStopOutcome::Failed(_) | PreStopOutcome::Done
+    ));
+}
+
+#[test]
+fn hook_concurrency_follows_the_config() {
+    // Checked on the machine itself: the permits are its own.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let fake: Arc<dyn Effects> = Arc::new(Fake::default());
+        let (inbox, _inlet) = channel();
+        let mut m = machine::Machine::new(Config::default(), false, fake, inbox);
+        assert_eq!(m.free_permits(), 64);
+        let configure = |m: &mut machine::Machine, n: usize| {
+            let (done, _) = tokio::sync::oneshot::channel();
+            m.handle(Input::Configure {
+                info: RuntimeInfo {
+                    config: format!("max_concurrent_hooks = {n}"),
+                    ..RuntimeInfo::default()
+                },
+                done,
+            });
+        };
+        configure(&mut m, 2);
+        assert_eq!(m.free_permits(), 2);
+        // Shrinking while hooks hold permits takes them back as the hooks end.
+        let held = m.take_permits(2).await;
+        configure(&mut m, 1);
+        drop(held);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(m.free_permits(), 1);
+        configure(&mut m, 8);
+        assert_eq!(m.free_permits(), 8);
+    });
+}
