@@ -596,3 +596,56 @@ async fn restarted_plugin_still_holds_the_stop() {
         node.stop().await.unwrap_or_else(|e| panic!("{v}: {e}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prestop_longer_than_the_grace_period_still_leaves_the_app_its_signal() {
+    if !nri_harness::require_root(
+        "a_prestop_longer_than_the_grace_period_still_leaves_the_app_its_signal",
+    ) {
+        return;
+    }
+    // Grace 5 s, a 20 s PreStop: the hook is cut so that the app gets SIGTERM with 2 s of the
+    // grace period left, before the runtime's SIGKILL.
+    for v in Version::ALL {
+        let node = node(v).await;
+        let mut cri = node.cri().await.expect("cri");
+        let pod = cri
+            .run_pod(&PodSpec::new("grace").annotation(
+                "prestop.lifecycle.nri.io/container.app",
+                r#"{"sleep":{"seconds":20}}"#,
+            ))
+            .await
+            .expect("run pod");
+        let shared = node.host_dir("grace").expect("host dir");
+        let spec = ContainerSpec {
+            args: vec!["--term-file".into(), "/shared/term".into()],
+            ..ContainerSpec::new("app", images::BUSYBOX, &["/testapp"])
+        }
+        .annotation("io.kubernetes.pod.terminationGracePeriod", "5")
+        .mount(&node.install().testapp(), "/testapp", true)
+        .mount(&shared, "/shared", false);
+        let id = cri.create_container(&pod, &spec).await.expect("create");
+        cri.start_container(&id).await.expect("start");
+        cri.wait_state(
+            &id,
+            ContainerState::ContainerRunning,
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("running");
+        cri.stop_container(&id, 5).await.expect("stop");
+        let log = node.diagnostics();
+        let status = cri.container_status(&id).await.expect("status");
+        assert!(
+            stamp(&shared.join("term")).is_some(),
+            "{v}: the app never got SIGTERM (exit code {})\n{log}",
+            status.exit_code
+        );
+        assert_eq!(
+            status.exit_code, 0,
+            "{v}: the app did not exit on its own SIGTERM handler\n{log}"
+        );
+        cri.remove_container(&id).await.expect("remove");
+        cri.delete_pod(&pod).await.expect("delete pod");
+    }
+}
