@@ -284,7 +284,7 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for `address` (see [`discover_address`]) and a containerd namespace (CRI:
+    /// A client for `address` (see [`discover`]) and a containerd namespace (CRI:
     /// [`K8S_NAMESPACE`]). Nothing is connected until the first call.
     pub fn new(address: PathBuf, namespace: &str) -> Client {
         Client {

@@ -4,17 +4,26 @@
 //!
 //! # Layout
 //!
+//! An event flows down this list: protocol edge → one event input → a state machine per
+//! container → effects → runners and gate.
+//!
 //! - [`nri`]: the protocol edge. Generated NRI code, the multiplexed socket, the `Plugin`
-//!   service (both protocol generations feed one [`model::Event`]) and the `Runtime` client.
-//! - [`model`]: our own plain types for pods, containers, events and adjustments.
-//! - [`annotations`]: hook annotations → validated [`annotations::HookSpec`].
-//! - [`config`]: the plugin config, raw → validated.
-//! - [`core`]: the event core: container table, what happens on each event.
+//!   service (both protocol generations feed one [`model::Event`]), registration, and the
+//!   one mapping from our errors to ttrpc status codes.
+//! - [`core`]: the event core. One input channel (`core::Input`) carries the runtime's
+//!   requests, the gate's stop requests and the core's own reports to one task, which hands
+//!   each to the per-container state machine; the outside world is behind [`core::Effects`].
+//! - [`node`]: the real [`core::Effects`] of a node.
 //! - [`hooks`]: the hook runners (exec, httpGet, sleep, tcpSocket) and their outcome.
 //! - [`ns`]: processes and namespaces: pidfds, entering a container, its identity.
 //! - [`gate`]: the plugin side of the PreStop gate: injection and per-container sockets.
+//! - [`containerd`]: containerd's own API and state directory (stored-spec rewrite, bundles).
+//! - [`annotations`]: hook annotations → validated [`annotations::HookSpec`].
+//! - [`config`]: the plugin config, raw → validated.
+//! - [`model`]: our own plain types for pods, containers, events and adjustments.
+//! - [`daemon`]: the wiring of all of the above, for both launch modes.
 //! - [`logging`]: log lines buffered until the runtime tells us where they go.
-//! - [`containerd`]: containerd's own API, for the stored-spec rewrite on older runtimes.
+//! - [`lock`]: the one (poison-tolerant) way to take a lock.
 
 pub mod annotations;
 pub mod config;

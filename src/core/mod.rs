@@ -1,10 +1,10 @@
 //! The event core: one input, one task, one state machine per container.
 //!
-//! Everything that can change a container's state arrives as an [`Input`] on one channel:
+//! Everything that can change a container's state arrives as an `Input` on one channel:
 //! the runtime's NRI requests (through [`Core`], the protocol edge's [`Handler`]), the gate's
 //! stop requests (through an [`Inbox`] the gate servers hold), and the core's own feedback
 //! (a hook ended, the gate check finished). One task takes them in order and hands each to
-//! [`machine::Machine::handle`], where every transition lives. Ordering and "at most one
+//! `machine::Machine::handle`, where every transition lives. Ordering and "at most one
 //! PreStop per stop" are therefore decided in one place, without locks.
 //!
 //! The task never waits on the outside world: hooks, the gate check and killing a container
