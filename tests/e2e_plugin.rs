@@ -91,6 +91,13 @@ async fn plain_pod_outcome(node: &Node) -> (i32, i32, Vec<String>, bool) {
     )
     .await
     .expect("running");
+    // Stop only once the app has taken SIGTERM over: as PID 1 without a handler yet, it would
+    // not even see an earlier SIGTERM, and the outcome would depend on that race.
+    let started = cri
+        .wait_log_line(&id, Duration::from_secs(30), |l| l.starts_with("started "))
+        .await
+        .expect("status");
+    assert!(started.is_some(), "the app never started");
     cri.stop_container(&id, 10).await.expect("stop");
     let st = cri.container_status(&id).await.expect("status");
     let lines: Vec<String> = nri_harness::cri::read_log(Path::new(&st.log_path))

@@ -3,7 +3,7 @@
 //! image, and a failed hook stops the container with a termination message.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nri_harness::cri::ContainerState;
 use nri_harness::{images, ContainerSpec, Cri, Node, PluginMode, Pod, PodSpec, Version};
@@ -19,8 +19,7 @@ async fn node(v: Version) -> Node {
 
 async fn run(cri: &mut Cri, pod_name: &str, spec: &ContainerSpec) -> (Pod, String) {
     let pod = cri.run_pod(&PodSpec::new(pod_name)).await.expect("run pod");
-    let id = cri.create_container(&pod, spec).await.expect("create");
-    cri.start_container(&id).await.expect("start");
+    let id = start_in(cri, &pod, spec).await;
     (pod, id)
 }
 
@@ -101,6 +100,37 @@ async fn poststart_exec_runs_inside_the_container() {
     }
 }
 
+/// A pod whose container `web` (the test app) serves HTTP on port 8080 and logs each request
+/// to `<shared>/web.log`. Returns only once the server listens, so the hooks of the pod's
+/// other containers, which reach it over the network namespace the pod's containers share,
+/// never depend on how soon a server gets round to listening after its start.
+async fn serving_pod(node: &Node, cri: &mut Cri, name: &str) -> (Pod, String, PathBuf) {
+    let shared = node.host_dir(name).expect("host dir");
+    let pod = cri.run_pod(&PodSpec::new(name)).await.expect("run pod");
+    let web = ContainerSpec {
+        args: ["--http", "8080", "--log", "/shared/web.log"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ..ContainerSpec::new("web", images::DISTROLESS, &[])
+    }
+    .mount(&shared, "/shared", false);
+    let id = cri.create_container(&pod, &web).await.expect("create web");
+    cri.start_container(&id).await.expect("start web");
+    // The app writes this line once its socket is bound and listening.
+    let listening = nri_harness::wait_file(&shared.join("web.log"), Duration::from_secs(30), |t| {
+        t.lines()
+            .any(|l| l.starts_with("listening ") && l.ends_with(" port 8080"))
+    })
+    .await;
+    assert!(
+        listening.is_some(),
+        "the web container never listened:\n{}",
+        node.diagnostics()
+    );
+    (pod, id, shared)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poststart_http_sleep_and_tcp_on_distroless() {
     if !nri_harness::require_root("poststart_http_sleep_and_tcp_on_distroless") {
@@ -109,26 +139,24 @@ async fn poststart_http_sleep_and_tcp_on_distroless() {
     for v in Version::ALL {
         let node = node(v).await;
         let mut cri = node.cri().await.expect("cri");
-        let shared = node.host_dir("web").expect("host dir");
-        let serve = |name: &str, hook: &str| {
-            ContainerSpec {
-                args: ["--http", "8080", "--log", &format!("/shared/{name}.log")]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
-                ..ContainerSpec::new("app", images::DISTROLESS, &[])
-            }
-            .annotation(KEY, hook)
-            .mount(&shared, "/shared", false)
+        // The hooks target port 8080 of the pod, served by another container of the same pod
+        // that is already listening: the hooked containers are distroless and serve nothing.
+        let (pod, web, shared) = serving_pod(&node, &mut cri, "web").await;
+        let hooked = |name: &str, hook: &str| {
+            ContainerSpec::new(name, images::DISTROLESS, &[]).annotation(
+                &format!("poststart.lifecycle.nri.io/container.{name}"),
+                hook,
+            )
         };
+
         // httpGet, with a header and a named port.
-        let spec = serve(
+        let spec = hooked(
             "http",
             r#"{"httpGet":{"path":"/started?x=1","port":"web","httpHeaders":[{"name":"X-Hook","value":"poststart"}]}}"#,
         )
         .annotation("io.kubernetes.container.ports", r#"[{"name":"web","containerPort":8080,"protocol":"TCP"}]"#);
-        let (pod, id) = run(&mut cri, "http", &spec).await;
-        let log = nri_harness::wait_file(&shared.join("http.log"), Duration::from_secs(20), |t| {
+        let id = start_in(&mut cri, &pod, &spec).await;
+        let log = nri_harness::wait_file(&shared.join("web.log"), Duration::from_secs(20), |t| {
             t.contains("GET /started?x=1")
         })
         .await;
@@ -137,14 +165,14 @@ async fn poststart_http_sleep_and_tcp_on_distroless() {
         let lower = log.to_lowercase();
         assert!(lower.contains("x-hook: poststart"), "{v}: {log}");
         assert!(lower.contains("user-agent: nri-lifecycle/"), "{v}: {log}");
-        remove(&mut cri, pod, &id).await;
+        stop_and_remove(&mut cri, &id).await;
 
         // sleep and tcpSocket: nothing needed in the image.
         for (name, hook, handler) in [
             ("sleep", r#"{"sleep":{"seconds":1}}"#, "sleep"),
             ("tcp", r#"{"tcpSocket":{"port":8080}}"#, "tcpSocket"),
         ] {
-            let (pod, id) = run(&mut cri, name, &serve(name, hook)).await;
+            let id = start_in(&mut cri, &pod, &hooked(name, hook)).await;
             let ok = node
                 .wait_plugin_log(Duration::from_secs(20), |l| {
                     l.lines().any(|line| {
@@ -165,11 +193,23 @@ async fn poststart_http_sleep_and_tcp_on_distroless() {
                 ContainerState::ContainerRunning as i32,
                 "{v}: {name} container still runs"
             );
-            remove(&mut cri, pod, &id).await;
+            stop_and_remove(&mut cri, &id).await;
         }
+        remove(&mut cri, pod, &web).await;
         drop(cri);
         node.stop().await.unwrap_or_else(|e| panic!("{v}: {e}"));
     }
+}
+
+async fn start_in(cri: &mut Cri, pod: &Pod, spec: &ContainerSpec) -> String {
+    let id = cri.create_container(pod, spec).await.expect("create");
+    cri.start_container(&id).await.expect("start");
+    id
+}
+
+async fn stop_and_remove(cri: &mut Cri, id: &str) {
+    cri.stop_container(id, 2).await.expect("stop");
+    cri.remove_container(id).await.expect("remove");
 }
 
 fn termination_log(pod: &Pod) -> PathBuf {
@@ -232,32 +272,41 @@ async fn failed_poststart_stops_the_container_with_a_message() {
         .unwrap_or_else(|e| panic!("{v}: container not stopped after a failed PostStart: {e}"));
         remove(&mut cri, pod, &id).await;
 
-        // A hook that hangs past its timeout fails, and its processes are gone.
+        // A hook that hangs past its timeout fails, and its processes are gone. The sleeps'
+        // arguments are unique to this test process: other tests on the machine may run the
+        // same hook at the same time. The hook marks that it got past forking the background
+        // sleep (a file stays; a process might be missed), well within its timeout.
+        let (bg, fg) = hanging_sleeps();
+        let shared = node.host_dir("hanging").expect("host dir");
+        let hook = serde_json::json!({
+            "exec": {"command": ["sh", "-c", format!("sleep {bg} & touch /shared/forked; sleep {fg}")]},
+            "timeoutSeconds": 10,
+        })
+        .to_string();
         let spec = ContainerSpec::new("app", images::BUSYBOX, &["sleep", "3600"])
-            .annotation(
-                KEY,
-                r#"{"exec":{"command":["sh","-c","sleep 3601 & sleep 3602"]},"timeoutSeconds":2}"#,
-            )
-            .annotation("io.kubernetes.pod.terminationGracePeriod", "3");
+            .annotation(KEY, &hook)
+            .annotation("io.kubernetes.pod.terminationGracePeriod", "3")
+            .mount(&shared, "/shared", false);
         let (pod, id) = run(&mut cri, "hanging", &spec).await;
-        let started = wait_until(Duration::from_secs(10), || sleep_running("3602")).await;
+        let forked =
+            nri_harness::wait_file(&shared.join("forked"), Duration::from_secs(20), |_| true).await;
         assert!(
-            started,
+            forked.is_some(),
             "{v}: the hook never started:\n{}",
             node.diagnostics()
         );
         let message =
-            nri_harness::wait_file(&termination_log(&pod), Duration::from_secs(20), |t| {
+            nri_harness::wait_file(&termination_log(&pod), Duration::from_secs(30), |t| {
                 !t.is_empty()
             })
             .await;
         let message = message
             .unwrap_or_else(|| panic!("{v}: hanging hook not failed:\n{}", node.diagnostics()));
         assert!(message.contains("timed out"), "{v}: {message}");
-        // The timeout killed the hook's whole tree (the container, PID 1 ignoring SIGTERM, is
-        // still within its grace period here).
+        // The timeout killed the hook's whole tree before the hook was reported failed (the
+        // container, PID 1 ignoring SIGTERM, is still within its grace period here).
         assert!(
-            !sleep_running("3601") && !sleep_running("3602"),
+            !sleep_running(&bg) && !sleep_running(&fg),
             "{v}: hook processes survived the timeout"
         );
         cri.wait_state(
@@ -275,13 +324,9 @@ async fn failed_poststart_stops_the_container_with_a_message() {
     }
 }
 
-async fn wait_until(limit: Duration, pred: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if pred() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    pred()
+/// `sleep` arguments for the hanging hook that no other process on the machine uses: built
+/// from this test process's PID.
+fn hanging_sleeps() -> (String, String) {
+    let pid = std::process::id();
+    (format!("3601{pid}"), format!("3602{pid}"))
 }

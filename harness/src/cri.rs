@@ -503,6 +503,28 @@ impl Cri {
         }
     }
 
+    /// Waits until `pred` holds for one line of the container's log (any stream), at most
+    /// `limit`; that line then. The way to know that a process inside has reached a point
+    /// it announces (e.g. the test app's `started` or `listening` line).
+    pub async fn wait_log_line(
+        &mut self,
+        id: &str,
+        limit: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<Option<String>, CriError> {
+        let path = PathBuf::from(self.container_status(id).await?.log_path);
+        let start = Instant::now();
+        loop {
+            if let Some(line) = read_log(&path).into_iter().find(|l| pred(&l.text)) {
+                return Ok(Some(line.text));
+            }
+            if start.elapsed() > limit {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// ExecSync (how the kubelet runs exec hooks and probes).
     pub async fn exec_sync(
         &mut self,
