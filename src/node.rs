@@ -203,7 +203,7 @@ impl Effects for Node {
             .ok_or("the runtime has not configured the plugin yet")?;
         let gate_bin = cur.gate_bin.as_ref().map_err(Clone::clone)?;
         let dir = cur.servers.open(&container.id).map_err(|e| e.to_string())?;
-        let params = GateParams::new(bound, pre_stop.stop_signal);
+        let params = GateParams::new(bound, pre_stop.stop_signal, container);
         Ok(gate::adjustment(gate_bin, &dir, container, &params))
     }
 
@@ -219,7 +219,7 @@ impl Effects for Node {
         let Some(cur) = self.current() else {
             return GateStatus::Ungated("the runtime has not configured the plugin yet".into());
         };
-        let params = GateParams::new(bound, pre_stop.stop_signal);
+        let params = GateParams::new(bound, pre_stop.stop_signal, container);
         let started = std::time::Instant::now();
         match cur.containerd.gate_stored_spec(&container.id, &params).await {
             Ok(rewrite) => {
