@@ -709,7 +709,7 @@ unsafe fn look_path(name: *const c_char, exe: &mut Exe) -> Result<(), ExecError>
         exe.path = name;
     } else {
         // SAFETY: a NUL-terminated name; getenv returns null or a valid C string.
-        let path = unsafe { getenv(b"PATH\0".as_ptr() as *const c_char) };
+        let path = unsafe { getenv(c"PATH".as_ptr()) };
         if path.is_null() {
             return Err(ExecError::NotInPath);
         }
