@@ -248,15 +248,15 @@ mod tests {
         // A custom path is taken from the annotation, and must be the one mounted.
         c.annotations.insert(
             TERMINATION_MESSAGE_PATH_ANNOTATION.into(),
-            "/tmp/why".into(),
+            "/run/app/why-it-ended".into(),
         );
         assert_eq!(GateParams::new(bound, None, &c).termination_message, None);
-        c.mounts.push(mount("/tmp/why"));
+        c.mounts.push(mount("/run/app/why-it-ended"));
         assert_eq!(
             GateParams::new(bound, None, &c)
                 .termination_message
                 .as_deref(),
-            Some("/tmp/why")
+            Some("/run/app/why-it-ended")
         );
 
         // No annotation: the kubelet's default path, if mounted.
