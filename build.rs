@@ -47,6 +47,8 @@ fn generate_nri(out: &Path) {
 /// size-optimised binary (it becomes PID 1 inside containers, whatever their image holds).
 fn build_gate(out: &Path) {
     println!("cargo:rerun-if-changed=gate");
+    // The gate includes the wire protocol from the plugin's sources.
+    println!("cargo:rerun-if-changed=src/gate/protocol.rs");
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let target = env::var("TARGET").expect("cargo sets TARGET");
     let bin = out.join("nri-lifecycle-gate");

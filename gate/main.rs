@@ -1,13 +1,19 @@
 //! nri-lifecycle-gate: the PID 1 that makes a container's stop wait for its PreStop hook.
 //!
-//! Usage: `nri-lifecycle-gate [--socket PATH] [--timeout-ms N] [--stop-signal N] -- CMD ARGS...`
+//! Usage: `nri-lifecycle-gate [--socket PATH] [--timeout-ms N] [--stop-signal N]
+//! [--termination-message PATH] -- CMD ARGS...`
 //!
-//! It starts `CMD` (looked up in `PATH`), reaps every zombie, forwards every signal to the
-//! command at once except the stop signals (SIGTERM, SIGINT, SIGQUIT and the optional
-//! `--stop-signal`): for those it first asks the plugin over the unix socket to run the
-//! container's PreStop hook and waits for its answer, at most `--timeout-ms`. Whatever goes
-//! wrong, the signal is forwarded: the gate never prevents a stop. It exits with the command's
-//! status (128 + signal when the command was killed).
+//! It starts `CMD` (looked up in `PATH` the way runc looks up an entrypoint), reaps every
+//! zombie, forwards every signal to the command at once except the stop signals (SIGTERM,
+//! SIGINT, SIGQUIT and the optional `--stop-signal`): for those it first asks the plugin over
+//! the unix socket to run the container's PreStop hook and waits for its answer, at most
+//! `--timeout-ms`. Whatever goes wrong, the signal is forwarded: the gate never prevents a stop.
+//! It exits with the command's status (128 + signal when the command was killed).
+//!
+//! When `CMD` cannot be run, the gate fails the way runc fails a container it cannot start: the
+//! same error text, on stderr and in the termination-message file when one is given (it must
+//! exist; the gate never creates it), and exit status 128 where runc refuses to start the
+//! container, or 1 when the final `execve` fails (runc's status then).
 //!
 //! Built without std (a static std binary is over 1 MiB): plain glibc calls, no allocation,
 //! no threads.
@@ -61,8 +67,19 @@ struct SignalFdInfo {
 #[link(name = "gcc")]
 #[link(name = "c")]
 extern "C" {
+    static environ: *const *const c_char;
     fn fork() -> PidT;
-    fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int;
+    fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char)
+        -> c_int;
+    fn getenv(name: *const c_char) -> *const c_char;
+    fn stat(path: *const c_char, buf: *mut StatBuf) -> c_int;
+    fn access(path: *const c_char, mode: c_int) -> c_int;
+    fn syscall(number: i64, ...) -> i64;
+    fn getuid() -> u32;
+    fn geteuid() -> u32;
+    fn getgid() -> u32;
+    fn getegid() -> u32;
+    fn open(path: *const c_char, flags: c_int, ...) -> c_int;
     fn _exit(code: c_int) -> !;
     fn abort() -> !;
     fn waitpid(pid: PidT, status: *mut c_int, options: c_int) -> PidT;
@@ -119,6 +136,37 @@ const SI_USER: i32 = 0;
 const EINTR: c_int = 4;
 const EAGAIN: c_int = 11;
 const ENOENT: c_int = 2;
+const EPERM: c_int = 1;
+const ENOSYS: c_int = 38;
+const O_WRONLY: c_int = 0o1;
+const O_TRUNC: c_int = 0o1000;
+const O_NOFOLLOW: c_int = 0o400000;
+const O_CLOEXEC: c_int = 0o2000000;
+const AT_FDCWD: c_int = -100;
+const AT_EACCESS: c_int = 0x200;
+const X_OK: c_int = 1;
+const SYS_FACCESSAT2: i64 = 439;
+const S_IFMT: u32 = 0o170000;
+const S_IFDIR: u32 = 0o040000;
+/// The status of a container whose entrypoint runc refused to start (containerd reports the
+/// same for a task that could not be created).
+const EXIT_CANNOT_START: c_int = 128;
+/// runc's status when the final `execve` of an entrypoint it had accepted fails.
+const EXIT_EXEC_FAILED: c_int = 1;
+/// `PATH_MAX`, with room for the terminating NUL.
+const PATH_BUF: usize = 4097;
+
+/// `struct stat`, read only for `st_mode`: at byte 24 on x86_64, at byte 16 in the generic
+/// layout of the other 64-bit architectures (aarch64, riscv64).
+#[repr(C, align(8))]
+struct StatBuf([u8; 256]);
+
+impl StatBuf {
+    fn mode(&self) -> u32 {
+        let at = if cfg!(target_arch = "x86_64") { 24 } else { 16 };
+        u32::from_ne_bytes([self.0[at], self.0[at + 1], self.0[at + 2], self.0[at + 3]])
+    }
+}
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {
@@ -140,20 +188,48 @@ unsafe fn cstr<'a>(s: *const c_char) -> &'a [u8] {
     unsafe { core::slice::from_raw_parts(s as *const u8, strlen(s)) }
 }
 
-/// A fixed buffer for one stderr line (no allocation).
+/// Writes all of `bytes` to `fd`, giving up on the first error other than EINTR.
+fn write_all(fd: c_int, bytes: &[u8]) {
+    let mut off = 0;
+    while off < bytes.len() {
+        // SAFETY: the pointer and length stay within `bytes`.
+        let n = unsafe {
+            write(
+                fd,
+                bytes[off..].as_ptr() as *const c_void,
+                bytes.len() - off,
+            )
+        };
+        if n <= 0 {
+            if n < 0 && errno() == EINTR {
+                continue;
+            }
+            return;
+        }
+        off += n as usize;
+    }
+}
+
+/// A fixed buffer for one stderr line (no allocation). Large enough for an error that names a
+/// path twice; the kubelet keeps at most 4 KiB of a termination message anyway.
 struct Line {
-    buf: [u8; 512],
+    buf: [u8; 4096],
     len: usize,
 }
 
 impl Line {
     fn new() -> Line {
-        let mut l = Line {
-            buf: [0; 512],
-            len: 0,
-        };
+        let mut l = Line::bare();
         l.s(b"nri-lifecycle-gate: ");
         l
+    }
+
+    /// A line without the gate's name in front, for the errors that stand in for runc's.
+    fn bare() -> Line {
+        Line {
+            buf: [0; 4096],
+            len: 0,
+        }
     }
 
     fn s(&mut self, bytes: &[u8]) -> &mut Line {
@@ -188,21 +264,79 @@ impl Line {
         self.s(msg)
     }
 
+    /// An errno as Go prints it (runc's messages come from Go): the C library's text with a
+    /// lower-case first letter ("no such file or directory"), "errno N" for an unknown one.
+    fn go_err(&mut self, e: c_int) -> &mut Line {
+        // SAFETY: as in `err`.
+        let msg = unsafe { cstr(strerror(e)) };
+        if msg.starts_with(b"Unknown error") {
+            return self.s(b"errno ").n(e as u64);
+        }
+        match msg.split_first() {
+            Some((first, rest)) => self.s(&[first.to_ascii_lowercase()]).s(rest),
+            None => self,
+        }
+    }
+
+    /// `bytes` in double quotes as Go's `strconv.Quote` writes them: backslash escapes for
+    /// quotes, backslashes and control characters, `\xNN` for bytes that are not UTF-8, `\u00NN`
+    /// for the non-printable Latin-1 characters. Every other character is kept as is (Go would
+    /// also escape the rare non-printable ones beyond Latin-1).
+    fn quoted(&mut self, mut bytes: &[u8]) -> &mut Line {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        self.s(b"\"");
+        while !bytes.is_empty() {
+            let (valid, bad) = match core::str::from_utf8(bytes) {
+                Ok(all) => (all, 0),
+                Err(e) => {
+                    // SAFETY: `valid_up_to` bytes were just checked to be UTF-8.
+                    let v = unsafe { core::str::from_utf8_unchecked(&bytes[..e.valid_up_to()]) };
+                    (v, e.error_len().unwrap_or(bytes.len() - e.valid_up_to()))
+                }
+            };
+            for c in valid.chars() {
+                let mut utf8 = [0u8; 4];
+                match c {
+                    '"' => self.s(b"\\\""),
+                    '\\' => self.s(b"\\\\"),
+                    '\x07' => self.s(b"\\a"),
+                    '\x08' => self.s(b"\\b"),
+                    '\x0c' => self.s(b"\\f"),
+                    '\n' => self.s(b"\\n"),
+                    '\r' => self.s(b"\\r"),
+                    '\t' => self.s(b"\\t"),
+                    '\x0b' => self.s(b"\\v"),
+                    '\0'..='\x1f' | '\x7f' => {
+                        let b = c as u8;
+                        self.s(b"\\x")
+                            .s(&[HEX[(b >> 4) as usize], HEX[(b & 15) as usize]])
+                    }
+                    '\u{80}'..='\u{a0}' | '\u{ad}' => {
+                        let b = c as u32 as u8;
+                        self.s(b"\\u00")
+                            .s(&[HEX[(b >> 4) as usize], HEX[(b & 15) as usize]])
+                    }
+                    _ => self.s(c.encode_utf8(&mut utf8).as_bytes()),
+                };
+            }
+            let rest = &bytes[valid.len()..];
+            for &b in &rest[..bad] {
+                self.s(b"\\x")
+                    .s(&[HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+            }
+            bytes = &rest[bad..];
+        }
+        self.s(b"\"")
+    }
+
+    fn text(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
     fn emit(&mut self) {
         self.buf[self.len] = b'\n';
         self.len += 1;
-        let mut off = 0;
-        while off < self.len {
-            // SAFETY: the pointer and length stay within `self.buf`.
-            let n = unsafe { write(2, self.buf[off..].as_ptr() as *const c_void, self.len - off) };
-            if n <= 0 {
-                if n < 0 && errno() == EINTR {
-                    continue;
-                }
-                return;
-            }
-            off += n as usize;
-        }
+        write_all(2, &self.buf[..self.len]);
     }
 }
 
@@ -235,6 +369,8 @@ struct Options {
     socket_len: usize,
     timeout_ms: u64,
     extra_stop: c_int,
+    /// The container's termination-message file, or null.
+    termination: *const c_char,
     /// Index in argv of the command.
     command: usize,
 }
@@ -249,6 +385,7 @@ unsafe fn parse_options(argc: usize, argv: *const *const c_char) -> Option<Optio
         socket_len: DEFAULT_SOCKET.len() - 1,
         timeout_ms: protocol::DEFAULT_TIMEOUT_MS,
         extra_stop: 0,
+        termination: core::ptr::null(),
         command: 0,
     };
     let mut i = 1;
@@ -270,7 +407,8 @@ unsafe fn parse_options(argc: usize, argv: *const *const c_char) -> Option<Optio
         };
         let known = arg == protocol::OPT_SOCKET.as_bytes()
             || arg == protocol::OPT_TIMEOUT_MS.as_bytes()
-            || arg == protocol::OPT_STOP_SIGNAL.as_bytes();
+            || arg == protocol::OPT_STOP_SIGNAL.as_bytes()
+            || arg == protocol::OPT_TERMINATION_MESSAGE.as_bytes();
         match value {
             Some(v) if known => {
                 // SAFETY: argv entries are valid C strings.
@@ -278,6 +416,8 @@ unsafe fn parse_options(argc: usize, argv: *const *const c_char) -> Option<Optio
                 if arg == protocol::OPT_SOCKET.as_bytes() {
                     o.socket = v;
                     o.socket_len = vb.len();
+                } else if arg == protocol::OPT_TERMINATION_MESSAGE.as_bytes() {
+                    o.termination = v;
                 } else {
                     let parsed = parse_u64(vb);
                     match parsed {
@@ -367,8 +507,10 @@ fn forward(child: PidT, sig: c_int) {
 /// Reads what the plugin sent; returns `Some(message)` when the exchange is over (`None` in the
 /// message means an ordinary completion that is not worth a line on stderr).
 fn read_reply(p: &mut Pending) -> Option<Option<(&'static [u8], &'static [u8])>> {
-    const CLOSED: Option<Option<(&[u8], &[u8])>> =
-        Some(Some((b"plugin closed the connection without an answer", b"")));
+    const CLOSED: Option<Option<(&[u8], &[u8])>> = Some(Some((
+        b"plugin closed the connection without an answer",
+        b"",
+    )));
     let mut closed = false;
     loop {
         if p.got == p.buf.len() {
@@ -416,10 +558,9 @@ fn read_reply(p: &mut Pending) -> Option<Option<(&'static [u8], &'static [u8])>>
         | Some((protocol::STATUS_FAILED, _))
         | Some((protocol::STATUS_TIMED_OUT, _)) => Some(None),
         Some((protocol::STATUS_REFUSED, _)) => Some(Some((b"plugin refused the request", b""))),
-        Some((protocol::STATUS_UNSUPPORTED, _)) => Some(Some((
-            b"plugin does not support this gate's protocol",
-            b"",
-        ))),
+        Some((protocol::STATUS_UNSUPPORTED, _)) => {
+            Some(Some((b"plugin does not support this gate's protocol", b"")))
+        }
         _ => Some(Some((b"plugin sent an unknown status", b""))),
     }
 }
@@ -433,22 +574,288 @@ fn exit_code(status: c_int) -> c_int {
     }
 }
 
-/// Replaces the gate with the command itself: the fallback when the gate cannot set itself up.
+/// Why the command cannot be run, each in the words runc 1.1 uses for it.
+#[derive(Clone, Copy)]
+enum ExecError {
+    /// A name with a slash that cannot be stat'ed: `exec: "NAME": stat NAME: ERR`.
+    Stat(c_int),
+    /// A name with a slash naming a directory or a file without execute bits:
+    /// `exec: "NAME": permission denied`.
+    NoExecBits,
+    /// A name without a slash found in no `PATH` entry:
+    /// `exec: "NAME": executable file not found in $PATH`.
+    NotInPath,
+    /// A name without a slash found only through a relative `PATH` entry:
+    /// `exec: "NAME": cannot run executable found relative to current directory`.
+    RelativePath,
+    /// The file found cannot be executed (no permission, noexec mount) or its `execve` failed:
+    /// `exec FILE: ERR`.
+    Exec(c_int),
+}
+
+/// The file to execute for the command `name`: `name` itself or a `PATH` entry joined with it.
+struct Exe {
+    buf: [u8; PATH_BUF],
+    /// Null until the lookup succeeded; then `name` or `buf`, NUL-terminated.
+    path: *const c_char,
+}
+
+/// `stat(2)`'s verdict on a candidate, as Go's `exec.LookPath` of Go 1.19 (which runc 1.1 is
+/// built with) judges it: usable when it is not a directory and has an execute bit.
+fn executable(path: *const c_char) -> Result<(), ExecError> {
+    let mut st = StatBuf([0; 256]);
+    loop {
+        // SAFETY: `path` is a valid C string and `st` is larger than any `struct stat`.
+        if unsafe { stat(path, &mut st) } == 0 {
+            break;
+        }
+        let e = errno();
+        if e != EINTR {
+            return Err(ExecError::Stat(e));
+        }
+    }
+    let mode = st.mode();
+    if mode & S_IFMT != S_IFDIR && mode & 0o111 != 0 {
+        Ok(())
+    } else {
+        Err(ExecError::NoExecBits)
+    }
+}
+
+/// Writes `dir` joined with `file` into `out` as Go's `filepath.Join` does: lexically cleaned
+/// (repeated slashes, `.` and resolvable `..` elements removed, no trailing slash), NUL-terminated.
+/// `None` when it does not fit.
+fn join_clean(dir: &[u8], file: &[u8], out: &mut [u8; PATH_BUF]) -> Option<usize> {
+    let total = dir.len() + 1 + file.len();
+    let byte = |i: usize| {
+        if i < dir.len() {
+            dir[i]
+        } else if i == dir.len() {
+            b'/'
+        } else {
+            file[i - dir.len() - 1]
+        }
+    };
+    let rooted = byte(0) == b'/';
+    let (mut r, mut w, mut floor) = (0, 0, 0);
+    if rooted {
+        out[0] = b'/';
+        (r, w, floor) = (1, 1, 1);
+    }
+    let end_at = |i: usize| i == total || byte(i) == b'/';
+    while r < total {
+        if byte(r) == b'/' || (byte(r) == b'.' && end_at(r + 1)) {
+            r += 1;
+        } else if byte(r) == b'.' && r + 1 < total && byte(r + 1) == b'.' && end_at(r + 2) {
+            r += 2;
+            if w > floor {
+                // Drop the last element written.
+                w -= 1;
+                while w > floor && out[w] != b'/' {
+                    w -= 1;
+                }
+            } else if !rooted {
+                // A leading `..` of a relative path stays.
+                if w > 0 {
+                    out[w] = b'/';
+                    w += 1;
+                }
+                if w + 2 >= PATH_BUF {
+                    return None;
+                }
+                out[w] = b'.';
+                out[w + 1] = b'.';
+                w += 2;
+                floor = w;
+            }
+        } else {
+            if w != usize::from(rooted) {
+                out[w] = b'/';
+                w += 1;
+            }
+            while r < total && byte(r) != b'/' {
+                if w + 1 >= PATH_BUF {
+                    return None;
+                }
+                out[w] = byte(r);
+                w += 1;
+                r += 1;
+            }
+        }
+        if w + 1 >= PATH_BUF {
+            return None;
+        }
+    }
+    if w == 0 {
+        out[0] = b'.';
+        w = 1;
+    }
+    out[w] = 0;
+    Some(w)
+}
+
+/// Finds the file runc would execute for `name`: `name` itself when it holds a slash, else the
+/// first `PATH` entry (an empty one meaning `.`) holding an executable `name`; then checks that
+/// the caller may execute it (`faccessat2` with `AT_EACCESS`, which also sees noexec mounts),
+/// as runc does before it reports the container created.
 ///
 /// # Safety
-/// `argv` must be a NULL-terminated array of valid C strings.
-unsafe fn exec_command(argv: *const *const c_char) -> ! {
-    // SAFETY: the caller guarantees a valid argv.
+/// `name` must be a valid C string that outlives `exe`.
+unsafe fn look_path(name: *const c_char, exe: &mut Exe) -> Result<(), ExecError> {
+    // SAFETY: the caller guarantees a valid C string.
+    let file = unsafe { cstr(name) };
+    if file.contains(&b'/') {
+        executable(name)?;
+        exe.path = name;
+    } else {
+        // SAFETY: a NUL-terminated name; getenv returns null or a valid C string.
+        let path = unsafe { getenv(c"PATH".as_ptr()) };
+        if path.is_null() {
+            return Err(ExecError::NotInPath);
+        }
+        // SAFETY: non-null, from getenv.
+        let path = unsafe { cstr(path) };
+        let mut found = false;
+        if !path.is_empty() {
+            for dir in path.split(|&b| b == b':') {
+                let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+                if join_clean(dir, file, &mut exe.buf).is_none() {
+                    continue;
+                }
+                if executable(exe.buf.as_ptr() as *const c_char).is_ok() {
+                    found = true;
+                    break;
+                }
+            }
+        }
+        if !found {
+            return Err(ExecError::NotInPath);
+        }
+        if exe.buf[0] != b'/' {
+            return Err(ExecError::RelativePath);
+        }
+        exe.path = exe.buf.as_ptr() as *const c_char;
+    }
+    eaccess(exe.path).map_err(ExecError::Exec)
+}
+
+/// Whether the caller may execute `path`, as runc's check before the container is created.
+fn eaccess(path: *const c_char) -> Result<(), c_int> {
+    // SAFETY: `path` is a valid C string; faccessat2 takes no other pointers.
+    let r = unsafe {
+        syscall(
+            SYS_FACCESSAT2,
+            i64::from(AT_FDCWD),
+            path,
+            i64::from(X_OK),
+            i64::from(AT_EACCESS),
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = errno();
+    if e != ENOSYS && e != EPERM {
+        return Err(e);
+    }
+    // No faccessat2 (old kernel, or a seccomp filter refusing it): access(2) answers for the
+    // real ids, the same ones unless the gate runs set-id.
+    // SAFETY: plain id queries.
+    let same_ids = unsafe { getuid() == geteuid() && getgid() == getegid() };
+    if !same_ids {
+        return Ok(());
+    }
+    // SAFETY: `path` is a valid C string.
+    if unsafe { access(path, X_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+/// Reports that the command cannot be run, in runc's words, on stderr and in the container's
+/// termination-message file (only when it exists), then exits with `code`.
+///
+/// # Safety
+/// `name` and `exe` (when not null) must be valid C strings, `termination` null or one.
+unsafe fn cannot_run(
+    err: ExecError,
+    name: *const c_char,
+    exe: *const c_char,
+    termination: *const c_char,
+    code: c_int,
+) -> ! {
+    // SAFETY: the caller guarantees valid C strings.
+    let (name, exe) = unsafe { (cstr(name), if exe.is_null() { &[][..] } else { cstr(exe) }) };
+    let mut line = Line::bare();
+    match err {
+        ExecError::Exec(e) => {
+            line.s(b"exec ").s(exe).s(b": ").go_err(e);
+        }
+        ExecError::Stat(e) => {
+            line.s(b"exec: ")
+                .quoted(name)
+                .s(b": stat ")
+                .s(name)
+                .s(b": ")
+                .go_err(e);
+        }
+        ExecError::NoExecBits => {
+            line.s(b"exec: ").quoted(name).s(b": permission denied");
+        }
+        ExecError::NotInPath => {
+            line.s(b"exec: ")
+                .quoted(name)
+                .s(b": executable file not found in $PATH");
+        }
+        ExecError::RelativePath => {
+            line.s(b"exec: ")
+                .quoted(name)
+                .s(b": cannot run executable found relative to current directory");
+        }
+    }
+    if !termination.is_null() {
+        // Never created: the kubelet bind-mounts the file, and without it there is no reader.
+        // SAFETY: a valid C string; open takes no other pointers.
+        let fd = unsafe { open(termination, O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC) };
+        if fd >= 0 {
+            write_all(fd, line.text());
+            // SAFETY: the fd is ours.
+            unsafe { close(fd) };
+        }
+    }
+    line.emit();
+    // SAFETY: exiting.
+    unsafe { _exit(code) }
+}
+
+/// Replaces the process with the command (`exe` found by [`look_path`]), as runc's final
+/// `execve`; when that fails, reports it like runc and exits with runc's status for it.
+///
+/// # Safety
+/// `argv` must be a NULL-terminated array of valid C strings, `exe` and `termination` valid C
+/// strings (`termination` may be null).
+unsafe fn exec_command(
+    exe: *const c_char,
+    argv: *const *const c_char,
+    termination: *const c_char,
+) -> ! {
+    // SAFETY: the caller guarantees valid pointers; `environ` is the process's environment.
     unsafe {
-        execvp(*argv, argv);
+        loop {
+            execve(exe, argv, environ);
+            if errno() != EINTR {
+                break;
+            }
+        }
         let e = errno();
-        Line::new()
-            .s(b"cannot run ")
-            .s(cstr(*argv))
-            .s(b": ")
-            .err(e)
-            .emit();
-        _exit(if e == ENOENT { 127 } else { 126 })
+        cannot_run(
+            ExecError::Exec(e),
+            *argv,
+            exe,
+            termination,
+            EXIT_EXEC_FAILED,
+        )
     }
 }
 
@@ -459,13 +866,26 @@ pub extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
         Some(o) => o,
         None => {
             Line::new()
-                .s(b"usage: nri-lifecycle-gate [--socket PATH] [--timeout-ms N] [--stop-signal N] -- COMMAND [ARGS...]")
+                .s(b"usage: nri-lifecycle-gate [--socket PATH] [--timeout-ms N] [--stop-signal N] [--termination-message PATH] -- COMMAND [ARGS...]")
                 .emit();
             return 127;
         }
     };
     // SAFETY: opts.command < argc, and argv is NULL-terminated.
     let cmd = unsafe { argv.add(opts.command) };
+    let mut found = Exe {
+        buf: [0; PATH_BUF],
+        path: core::ptr::null(),
+    };
+    // The command is looked up before anything else, as runc looks up an entrypoint before
+    // it reports the container created: a command that cannot run ends the gate at once.
+    // SAFETY: `*cmd` is a valid C string living as long as the process.
+    if let Err(e) = unsafe { look_path(*cmd, &mut found) } {
+        // SAFETY: valid C strings (or null) from argv and `found`.
+        unsafe { cannot_run(e, *cmd, found.path, opts.termination, EXIT_CANNOT_START) }
+    }
+    // Points into `found` (or argv), both alive until the process execs or exits.
+    let exe = found.path;
 
     // Block every asynchronous signal before the fork so none is lost; the synchronous ones
     // keep their default action.
@@ -490,7 +910,7 @@ pub extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
         // SAFETY: restore the mask we found, then exec with a valid argv.
         unsafe {
             sigprocmask(SIG_SETMASK, &old, core::ptr::null_mut());
-            exec_command(cmd)
+            exec_command(exe, cmd, opts.termination)
         }
     }
     // SAFETY: plain syscalls.
@@ -514,7 +934,7 @@ pub extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
         unsafe {
             close(sfd);
             sigprocmask(SIG_SETMASK, &old, core::ptr::null_mut());
-            exec_command(cmd)
+            exec_command(exe, cmd, opts.termination)
         }
     }
     if child == 0 {
@@ -527,7 +947,7 @@ pub extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
                 tcsetpgrp(0, getpid());
             }
             sigprocmask(SIG_SETMASK, &old, core::ptr::null_mut());
-            exec_command(cmd)
+            exec_command(exe, cmd, opts.termination)
         }
     }
 
@@ -651,8 +1071,9 @@ pub extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
                 }
                 Err(e) => {
                     // SAFETY: the socket path is a valid C string of socket_len bytes.
-                    let path =
-                        unsafe { core::slice::from_raw_parts(opts.socket as *const u8, opts.socket_len) };
+                    let path = unsafe {
+                        core::slice::from_raw_parts(opts.socket as *const u8, opts.socket_len)
+                    };
                     Line::new()
                         .s(b"cannot reach the plugin at ")
                         .s(path)

@@ -473,7 +473,7 @@ mod tests {
 
     #[test]
     fn spec_args_are_gated_once_and_other_fields_kept() {
-        let params = GateParams::new(Duration::from_secs(3), None);
+        let params = GateParams::new(Duration::from_secs(3), None, &Default::default());
         let spec = br#"{"ociVersion":"1.1.0","process":{"args":["/app","-x"],"env":["A=1"],"cwd":"/"},"root":{"path":"rootfs"}}"#;
         let out = gate_spec_json("c1", spec, &params).unwrap().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();

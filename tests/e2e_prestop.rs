@@ -695,5 +695,91 @@ async fn a_prestop_longer_than_the_grace_period_still_leaves_the_app_its_signal(
         );
         cri.remove_container(&id).await.expect("remove");
         cri.delete_pod(&pod).await.expect("delete pod");
+        drop(cri);
+        node.stop().await.unwrap_or_else(|e| panic!("{v}: {e}"));
+    }
+}
+
+/// A command that cannot run: without the gate the runtime refuses to start the container
+/// (StartError, exit code 128, runc's error as the status message); with it, the container
+/// starts and ends with the same exit code, and runc's error is in its log and in its
+/// termination-message file, where the kubelet looks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gated_command_that_cannot_run_reports_as_runc() {
+    if !nri_harness::require_root("gated_command_that_cannot_run_reports_as_runc") {
+        return;
+    }
+    // Not found, and a file without execute bits.
+    let cases = [
+        (
+            "/no/such/binary",
+            r#"exec: "/no/such/binary": stat /no/such/binary: no such file or directory"#,
+        ),
+        ("/etc/passwd", r#"exec: "/etc/passwd": permission denied"#),
+    ];
+    for v in Version::ALL {
+        let node = node(v).await;
+        let mut cri = node.cri().await.expect("cri");
+        for (n, (command, runc_error)) in cases.iter().enumerate() {
+            // Without the gate: runc's own verdict.
+            let pod = cri
+                .run_pod(&PodSpec::new(&format!("plain-{n}")))
+                .await
+                .expect("run pod");
+            let spec = ContainerSpec::new("app", images::BUSYBOX, &[command]);
+            let id = cri.create_container(&pod, &spec).await.expect("create");
+            let started = cri.start_container(&id).await;
+            assert!(started.is_err(), "{v}: {command} started without the gate");
+            let st = cri.container_status(&id).await.expect("status");
+            assert_eq!(
+                (st.exit_code, st.reason.as_str()),
+                (128, "StartError"),
+                "{v}: {command} without the gate"
+            );
+            assert!(
+                st.message.contains(runc_error),
+                "{v}: runc's message {:?} lacks {runc_error:?}",
+                st.message
+            );
+            cri.remove_container(&id).await.expect("remove");
+            cri.delete_pod(&pod).await.expect("delete pod");
+
+            // With the gate: the same exit code and runc's words where the kubelet looks.
+            let pod = cri
+                .run_pod(&PodSpec::new(&format!("gated-{n}")).annotation(
+                    "prestop.lifecycle.nri.io/container.app",
+                    r#"{"sleep":{"seconds":1}}"#,
+                ))
+                .await
+                .expect("run pod");
+            let id = cri.create_container(&pod, &spec).await.expect("create");
+            cri.start_container(&id).await.expect("start");
+            let st = cri
+                .wait_state(
+                    &id,
+                    ContainerState::ContainerExited,
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{v}: {command}: {e}\n{}", node.diagnostics()));
+            assert_eq!(st.exit_code, 128, "{v}: {command} with the gate");
+            let log: Vec<(String, String)> = nri_harness::cri::read_log(Path::new(&st.log_path))
+                .into_iter()
+                .map(|l| (l.stream, l.text))
+                .collect();
+            assert_eq!(
+                log,
+                [("stderr".to_string(), runc_error.to_string())],
+                "{v}: {command}: container log"
+            );
+            let message =
+                std::fs::read_to_string(pod.log_dir.join(".term-app").join("termination-log"))
+                    .unwrap_or_default();
+            assert_eq!(message, *runc_error, "{v}: {command}: termination message");
+            cri.remove_container(&id).await.expect("remove");
+            cri.delete_pod(&pod).await.expect("delete pod");
+        }
+        drop(cri);
+        node.stop().await.unwrap_or_else(|e| panic!("{v}: {e}"));
     }
 }

@@ -23,7 +23,7 @@ fn is_root() -> bool {
 }
 
 struct Gate {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     bin: PathBuf,
     socket: PathBuf,
 }
@@ -33,11 +33,7 @@ fn gate() -> Gate {
     let bin = dir.path().join("gate");
     write_gate(&bin);
     let socket = dir.path().join("gate.sock");
-    Gate {
-        _dir: dir,
-        bin,
-        socket,
-    }
+    Gate { dir, bin, socket }
 }
 
 /// A running gate: the `unshare` process, the gate's host PID, its stdout lines and stderr.
@@ -169,15 +165,201 @@ fn exit_codes_are_the_childs() {
     assert_eq!(r.exit_code(), 0);
 }
 
+/// What the gate left behind when its command could not run.
+#[derive(Debug)]
+struct Failure {
+    code: Option<i32>,
+    stderr: String,
+    /// The termination-message file's content afterwards (`None`: it does not exist).
+    message: Option<String>,
+}
+
+/// Runs `gate --termination-message <dir>/termination-log -- command...` in `cwd` with `PATH`
+/// set to `path` (unset when `None`). The file holds stale text before, when `file` is true.
+fn run_failing(g: &Gate, command: &[&str], path: Option<&str>, cwd: &Path, file: bool) -> Failure {
+    let log = g.dir.path().join("termination-log");
+    let _ = std::fs::remove_file(&log);
+    if file {
+        std::fs::write(&log, "stale text from an earlier run").unwrap();
+    }
+    let mut cmd = Command::new(&g.bin);
+    cmd.arg("--termination-message")
+        .arg(&log)
+        .arg("--")
+        .args(command)
+        .current_dir(cwd)
+        .env_remove("PATH")
+        .stdin(Stdio::null());
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
+    let out = cmd.output().unwrap();
+    Failure {
+        code: out.status.code(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        message: std::fs::read_to_string(&log).ok(),
+    }
+}
+
+/// Asserts that `f` reports `want` in runc's words on stderr and in the termination message,
+/// with `code`.
+fn assert_reported(f: &Failure, code: i32, want: &str) {
+    assert_eq!(f.code, Some(code), "{f:?}");
+    assert_eq!(f.stderr, format!("{want}\n"), "{f:?}");
+    assert_eq!(f.message.as_deref(), Some(want), "{f:?}");
+}
+
+/// Makes files in `dir` through a shell (see `write_gate` for why not from this process):
+/// `plain` (no execute bit), `garbage` (executable, but no program), `bin/hello` (a script).
+fn make_files(dir: &Path) {
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "cd \"$1\" && printf 'text' > plain && chmod 644 plain && \
+             printf '\\001\\002\\003 not a program' > garbage && chmod 755 garbage && \
+             mkdir -p bin notexec && printf '#!/bin/sh\\necho hello from $0\\n' > bin/hello && \
+             chmod 755 bin/hello && printf 'text' > notexec/hello && chmod 644 notexec/hello",
+        )
+        .arg("sh")
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 #[test]
-fn missing_command_exits_127() {
+fn command_that_cannot_start_fails_as_runc_reports_it() {
     let g = gate();
+    let files = tempfile::tempdir().unwrap();
+    let d = files.path();
+    make_files(d);
+    let ds = d.to_str().unwrap();
+    let sys_path = Some("/usr/sbin:/usr/bin:/sbin:/bin");
+
+    // Not found: a path is stat'ed as given, a bare name searched in PATH.
+    let f = run_failing(&g, &["/no/such/binary", "arg"], sys_path, d, true);
+    assert_reported(
+        &f,
+        128,
+        r#"exec: "/no/such/binary": stat /no/such/binary: no such file or directory"#,
+    );
+    let f = run_failing(&g, &["no-such-command"], sys_path, d, true);
+    assert_reported(
+        &f,
+        128,
+        r#"exec: "no-such-command": executable file not found in $PATH"#,
+    );
+    // Without PATH nothing is searched (no default list, unlike execvp).
+    let f = run_failing(&g, &["sh", "-c", "exit 0"], None, d, true);
+    assert_reported(&f, 128, r#"exec: "sh": executable file not found in $PATH"#);
+    let f = run_failing(&g, &["sh", "-c", "exit 0"], Some(""), d, true);
+    assert_reported(&f, 128, r#"exec: "sh": executable file not found in $PATH"#);
+
+    // Not executable: no execute bit, or a directory.
+    let plain = format!("{ds}/plain");
+    let f = run_failing(&g, &[&plain], sys_path, d, true);
+    assert_reported(&f, 128, &format!(r#"exec: "{plain}": permission denied"#));
+    let f = run_failing(&g, &["./plain"], sys_path, d, true);
+    assert_reported(&f, 128, r#"exec: "./plain": permission denied"#);
+    let f = run_failing(&g, &[ds], sys_path, d, true);
+    assert_reported(&f, 128, &format!(r#"exec: "{ds}": permission denied"#));
+
+    // Found only through a relative PATH entry (an empty one means the current directory).
+    let f = run_failing(&g, &["garbage"], Some(":/usr/bin"), d, true);
+    assert_reported(
+        &f,
+        128,
+        r#"exec: "garbage": cannot run executable found relative to current directory"#,
+    );
+
+    // Accepted, but the kernel refuses the file: runc's message from its final exec, and its
+    // status for that, 1. The PATH entry is cleaned the way Go joins paths.
+    let f = run_failing(
+        &g,
+        &["garbage"],
+        Some(&format!("/no/dir:{ds}//bin/..")),
+        d,
+        true,
+    );
+    assert_reported(&f, 1, &format!("exec {ds}/garbage: exec format error"));
+
+    // Quoted as Go quotes.
+    let f = run_failing(&g, &["bad\tname \"x\"\u{1}"], sys_path, d, true);
+    assert_reported(
+        &f,
+        128,
+        r#"exec: "bad\tname \"x\"\x01": executable file not found in $PATH"#,
+    );
+
+    // Without the file, stderr alone: the gate never creates it.
+    let f = run_failing(&g, &["/no/such/binary"], sys_path, d, false);
+    assert_eq!(f.code, Some(128), "{f:?}");
+    assert!(f.stderr.contains("stat /no/such/binary"), "{f:?}");
+    assert_eq!(f.message, None, "the termination-message file was created");
+}
+
+#[test]
+fn command_is_found_as_runc_finds_it() {
+    let g = gate();
+    let files = tempfile::tempdir().unwrap();
+    let d = files.path();
+    make_files(d);
+    let ds = d.to_str().unwrap();
+    // The first PATH entry holding an executable file wins: a non-executable one is passed
+    // over. The script's $0 is the file the kernel was given: the entry joined with the name.
     let out = Command::new(&g.bin)
-        .args(["--", "/nonexistent/command"])
+        .args(["--", "hello"])
+        .env(
+            "PATH",
+            format!("/no/dir:{ds}/notexec:{ds}/bin:/usr/bin:/bin"),
+        )
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(127));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run /nonexistent/command"));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("hello from {ds}/bin/hello\n")
+    );
+    // A relative name with a slash is taken from the working directory, PATH unused.
+    let out = Command::new(&g.bin)
+        .args(["--", "bin/hello"])
+        .current_dir(d)
+        .env_remove("PATH")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from bin/hello\n"
+    );
+}
+
+#[test]
+fn noexec_mount_is_permission_denied() {
+    if !is_root() {
+        return;
+    }
+    let g = gate();
+    let mnt = tempfile::tempdir().unwrap();
+    let log = g.dir.path().join("termination-log");
+    std::fs::write(&log, "").unwrap();
+    // An executable on a noexec mount passes the mode check and fails the access check.
+    let out = Command::new("unshare")
+        .args(["--mount", "sh", "-c"])
+        .arg(
+            "mount -t tmpfs -o noexec,mode=755 none \"$1\" && cp /bin/true \"$1/t\" && \
+             exec \"$2\" --termination-message \"$3\" -- \"$1/t\"",
+        )
+        .arg("sh")
+        .arg(mnt.path())
+        .arg(&g.bin)
+        .arg(&log)
+        .output()
+        .unwrap();
+    let want = format!("exec {}/t: permission denied", mnt.path().display());
+    assert_eq!(out.status.code(), Some(128), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), format!("{want}\n"));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), want);
 }
 
 #[test]

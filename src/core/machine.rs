@@ -261,6 +261,7 @@ impl Machine {
         GateParams::new(
             pre_stop_bound(spec.timeout, self.grace_period(container)),
             spec.stop_signal,
+            container,
         )
     }
 

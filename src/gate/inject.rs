@@ -11,14 +11,21 @@ use crate::model::{Adjustment, Container, Mount};
 /// restarted plugin knows which containers wait for it.
 pub const GATED_ANNOTATION: &str = "gate.lifecycle.nri.io/protocol";
 
+/// The kubelet's annotation naming the container's termination-message file.
+pub const TERMINATION_MESSAGE_PATH_ANNOTATION: &str =
+    "io.kubernetes.container.terminationMessagePath";
+
 /// How a container's gate behaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GateParams {
     /// How long the gate waits for the plugin's answer before it forwards the stop signal.
     /// Make it slightly longer than the hook's own bound, so the plugin answers first.
     pub timeout: Duration,
     /// A signal, besides SIGTERM, SIGINT and SIGQUIT, that the gate treats as a stop signal.
     pub stop_signal: Option<i32>,
+    /// The container's termination-message file, where the gate says why the command could not
+    /// be run; `None` when the container has none.
+    pub termination_message: Option<String>,
 }
 
 impl GateParams {
@@ -26,14 +33,36 @@ impl GateParams {
     /// because it comes out of the time the app keeps for its own shutdown.
     pub const MARGIN: Duration = Duration::from_millis(500);
 
-    /// Parameters for a PreStop hook bounded by `hook_bound` (its timeout, already capped by
-    /// the pod's grace period by the caller).
-    pub fn new(hook_bound: Duration, stop_signal: Option<i32>) -> GateParams {
+    /// Parameters for `container`'s PreStop hook bounded by `hook_bound` (its timeout, already
+    /// capped by the pod's grace period by the caller).
+    pub fn new(
+        hook_bound: Duration,
+        stop_signal: Option<i32>,
+        container: &Container,
+    ) -> GateParams {
         GateParams {
             timeout: hook_bound.saturating_add(Self::MARGIN),
             stop_signal,
+            termination_message: termination_message_path(container),
         }
     }
+}
+
+/// The container's termination-message file as the container sees it: the path the kubelet
+/// annotated (`/dev/termination-log` when it did not), when something is mounted there. The
+/// kubelet bind-mounts the file; without a mount there is nobody to read it.
+pub fn termination_message_path(container: &Container) -> Option<String> {
+    let path = container
+        .annotations
+        .get(TERMINATION_MESSAGE_PATH_ANNOTATION)
+        .map(String::as_str)
+        .filter(|p| !p.is_empty())
+        .unwrap_or(crate::core::TERMINATION_LOG);
+    container
+        .mounts
+        .iter()
+        .any(|m| m.destination == path)
+        .then(|| path.to_string())
 }
 
 /// The container's new `process.args`: the gate, its options, `--`, then the original args.
@@ -47,6 +76,10 @@ pub fn gate_args(original: &[String], params: &GateParams) -> Vec<String> {
     if let Some(sig) = params.stop_signal {
         args.push(protocol::OPT_STOP_SIGNAL.to_string());
         args.push(sig.to_string());
+    }
+    if let Some(path) = &params.termination_message {
+        args.push(protocol::OPT_TERMINATION_MESSAGE.to_string());
+        args.push(path.clone());
     }
     args.push(protocol::OPT_END.to_string());
     args.extend(original.iter().cloned());
@@ -113,7 +146,7 @@ mod tests {
 
     #[test]
     fn args_put_the_gate_in_front() {
-        let p = GateParams::new(Duration::from_secs(5), Some(10));
+        let p = GateParams::new(Duration::from_secs(5), Some(10), &container(&[]));
         let args = gate_args(&["nginx".into(), "-g".into(), "daemon off;".into()], &p);
         assert_eq!(
             args,
@@ -139,7 +172,7 @@ mod tests {
     #[test]
     fn adjustment_mounts_annotates_and_rewrites_args() {
         let c = container(&["/app", "--serve"]);
-        let p = GateParams::new(Duration::from_secs(1), None);
+        let p = GateParams::new(Duration::from_secs(1), None, &c);
         let adj = adjustment(Path::new("/run/x/gate-bin"), Path::new("/run/x/c1"), &c, &p);
         assert_eq!(
             adj.annotations.get(GATED_ANNOTATION).map(String::as_str),
@@ -166,7 +199,7 @@ mod tests {
 
     #[test]
     fn already_gated_args_are_not_wrapped_twice() {
-        let p = GateParams::new(Duration::from_secs(1), None);
+        let p = GateParams::new(Duration::from_secs(1), None, &container(&[]));
         let c = container(
             &gate_args(&["/app".into()], &p)
                 .iter()
@@ -175,5 +208,72 @@ mod tests {
         );
         let adj = adjustment(Path::new("/g"), Path::new("/d"), &c, &p);
         assert!(adj.args.is_none());
+    }
+
+    fn mount(destination: &str) -> Mount {
+        Mount {
+            destination: destination.into(),
+            kind: "bind".into(),
+            source: "/var/lib/kubelet/pods/p/containers/app/0a1b2c".into(),
+            options: vec!["rbind".into(), "rw".into()],
+        }
+    }
+
+    #[test]
+    fn termination_message_path_is_passed_only_when_mounted() {
+        let bound = Duration::from_secs(1);
+        // The kubelet's default: annotated and mounted at /dev/termination-log.
+        let mut c = container(&["/app"]);
+        c.annotations.insert(
+            TERMINATION_MESSAGE_PATH_ANNOTATION.into(),
+            "/dev/termination-log".into(),
+        );
+        c.mounts.push(mount("/dev/termination-log"));
+        let p = GateParams::new(bound, None, &c);
+        assert_eq!(
+            p.termination_message.as_deref(),
+            Some("/dev/termination-log")
+        );
+        let args = gate_args(&c.process.args, &p);
+        let end = args.iter().position(|a| a == protocol::OPT_END).unwrap();
+        assert_eq!(
+            &args[end - 2..],
+            [
+                "--termination-message",
+                "/dev/termination-log",
+                "--",
+                "/app"
+            ]
+        );
+
+        // A custom path is taken from the annotation, and must be the one mounted.
+        c.annotations.insert(
+            TERMINATION_MESSAGE_PATH_ANNOTATION.into(),
+            "/run/app/why-it-ended".into(),
+        );
+        assert_eq!(GateParams::new(bound, None, &c).termination_message, None);
+        c.mounts.push(mount("/run/app/why-it-ended"));
+        assert_eq!(
+            GateParams::new(bound, None, &c)
+                .termination_message
+                .as_deref(),
+            Some("/run/app/why-it-ended")
+        );
+
+        // No annotation: the kubelet's default path, if mounted.
+        let mut c = container(&["/app"]);
+        c.mounts.push(mount("/dev/termination-log"));
+        assert_eq!(
+            termination_message_path(&c).as_deref(),
+            Some("/dev/termination-log")
+        );
+
+        // Nothing mounted: no option at all.
+        let c = container(&["/app"]);
+        let p = GateParams::new(bound, None, &c);
+        assert_eq!(p.termination_message, None);
+        assert!(!gate_args(&c.process.args, &p)
+            .iter()
+            .any(|a| a == protocol::OPT_TERMINATION_MESSAGE));
     }
 }

@@ -86,6 +86,9 @@ pub const OPT_SOCKET: &str = "--socket";
 pub const OPT_TIMEOUT_MS: &str = "--timeout-ms";
 /// Gate option: one more signal number to treat as a stop signal.
 pub const OPT_STOP_SIGNAL: &str = "--stop-signal";
+/// Gate option: the container's termination-message file, where the gate writes why the
+/// command could not be run. Given only when the container has one; never created by the gate.
+pub const OPT_TERMINATION_MESSAGE: &str = "--termination-message";
 /// Ends the gate's options; the original command follows.
 pub const OPT_END: &str = "--";
 /// How long the gate waits when no `--timeout-ms` is given.
