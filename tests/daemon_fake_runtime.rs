@@ -11,10 +11,8 @@ use nri_lifecycle::config::Config;
 use nri_lifecycle::daemon::Daemon;
 use nri_lifecycle::logging::Logging;
 use nri_lifecycle::model::EventKind;
-use nri_lifecycle::nri::fake_runtime::{
-    refusal, wire_container, wire_pod, FakeRuntime, Generation,
-};
 use nri_lifecycle::nri::{self, Registration};
+use nri_test_support::fake_runtime::{refusal, wire_container, wire_pod, FakeRuntime, Generation};
 
 async fn connected(
     generation: Generation,

@@ -4,10 +4,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use nri_lifecycle::model::{Adjustment, Container, Event, EventKind, Pod, RuntimeInfo};
-use nri_lifecycle::nri::fake_runtime::{
+use nri_lifecycle::nri::{self, Handler, Registration};
+use nri_test_support::fake_runtime::{
     refusal, wire_container, wire_pod, FakeError, FakeRuntime, Generation,
 };
-use nri_lifecycle::nri::{self, Handler, Registration};
 
 const BAD_KEY: &str = "poststart.lifecycle.nri.io/container.app";
 const BAD_MESSAGE: &str =
