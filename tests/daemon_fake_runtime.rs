@@ -183,6 +183,15 @@ async fn bad_annotation_refused_and_prestop_gated_in_both_generations() {
             "{generation:?}: socket dir left behind"
         );
 
+        // The plugin called back into the runtime only to register: it asks for no container
+        // updates and no evictions (it stops containers itself).
+        assert_eq!(rt.registrations().len(), 1, "{generation:?}");
+        assert!(
+            rt.update_requests().is_empty(),
+            "{generation:?}: {:?}",
+            rt.update_requests()
+        );
+
         rt.shutdown().await.expect("shutdown");
         drop(rt);
         tokio::time::timeout(Duration::from_secs(5), task)

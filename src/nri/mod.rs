@@ -54,7 +54,7 @@
 //! - `convert`: wire ↔ model conversion, done once here.
 //! - `service`: the `Plugin` service; both generations feed [`Handler::event`].
 //! - [`plugin`]: registration and the run loops ([`serve`], [`run_preinstalled`],
-//!   [`run_external`]), and [`RuntimeLink`] for calls back to the runtime.
+//!   [`run_external`]).
 //!
 //! The runtime side of the protocol, for tests and benchmarks, lives in the workspace's
 //! test-support crate (`testsupport/`), not in the plugin. It is built from the plugin's own
@@ -79,10 +79,7 @@ pub mod wire {
 /// subscriptions exactly as the plugin does.
 pub use convert::{event_mask, event_to_wire};
 pub use handler::Handler;
-pub use plugin::{
-    run_external, run_external_linked, run_preinstalled, serve, serve_linked, NriError,
-    Registration, RuntimeLink,
-};
+pub use plugin::{run_external, run_preinstalled, serve, NriError, Registration};
 pub use service::{
     ServiceError, DEFAULT_REGISTRATION_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS, MAX_SYNC_OBJECTS,
 };
