@@ -33,9 +33,9 @@ use nri_lifecycle::model::{
     Capabilities, Container, ContainerState, EventKind, Mount, Namespace, Pod, ProcessSpec,
 };
 use nri_lifecycle::node::Node;
-use nri_lifecycle::nri::fake_runtime::{wire_container, wire_pod, FakeRuntime, Generation};
 use nri_lifecycle::nri::wire::api::ContainerState as WireState;
 use nri_lifecycle::ns::pidfd::PidFd;
+use nri_test_support::fake_runtime::{wire_container, wire_pod, FakeRuntime, Generation};
 use serde_json::{json, Value};
 
 type Res<T> = Result<T, String>;

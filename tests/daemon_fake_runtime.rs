@@ -12,10 +12,8 @@ use nri_lifecycle::core::Core;
 use nri_lifecycle::daemon;
 use nri_lifecycle::logging::Logging;
 use nri_lifecycle::model::EventKind;
-use nri_lifecycle::nri::fake_runtime::{
-    refusal, wire_container, wire_pod, FakeRuntime, Generation,
-};
 use nri_lifecycle::nri::{self, Registration};
+use nri_test_support::fake_runtime::{refusal, wire_container, wire_pod, FakeRuntime, Generation};
 
 async fn connected(
     generation: Generation,
@@ -180,6 +178,15 @@ async fn bad_annotation_refused_and_prestop_gated_in_both_generations() {
         assert!(
             !std::path::Path::new(socket_dir).exists(),
             "{generation:?}: socket dir left behind"
+        );
+
+        // The plugin called back into the runtime only to register: it asks for no container
+        // updates and no evictions (it stops containers itself).
+        assert_eq!(rt.registrations().len(), 1, "{generation:?}");
+        assert!(
+            rt.update_requests().is_empty(),
+            "{generation:?}: {:?}",
+            rt.update_requests()
         );
 
         rt.shutdown().await.expect("shutdown");

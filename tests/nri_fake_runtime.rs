@@ -6,10 +6,10 @@ use async_trait::async_trait;
 use nri_lifecycle::annotations::AnnotationError;
 use nri_lifecycle::core;
 use nri_lifecycle::model::{Adjustment, Container, Event, EventKind, Pod, RuntimeInfo};
-use nri_lifecycle::nri::fake_runtime::{
+use nri_lifecycle::nri::{self, Handler, Registration};
+use nri_test_support::fake_runtime::{
     refusal, wire_container, wire_pod, FakeError, FakeRuntime, Generation,
 };
-use nri_lifecycle::nri::{self, Handler, Registration};
 
 const BAD_KEY: &str = "poststart.lifecycle.nri.io/container.app";
 const BAD_PROBLEM: &str = "field \"command\": must not be empty";
@@ -496,34 +496,4 @@ async fn a_bad_registration_is_refused_before_connecting() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("index \"1\""), "{err}");
-}
-
-#[tokio::test]
-async fn runtime_link_reaches_the_runtime_while_connected() {
-    let (fake, plugin_end) = FakeRuntime::pair(Generation::V012).await.unwrap();
-    let link = nri::RuntimeLink::default();
-    assert!(!link.is_connected());
-    let h: Arc<dyn Handler> = Recorder::new(&EventKind::ALL);
-    let plugin_link = link.clone();
-    let plugin = tokio::spawn(async move {
-        nri::serve_linked(plugin_end, registration(), h, &plugin_link).await
-    });
-    fake.registered().await.unwrap();
-    fake.configure(fake.default_configure()).await.unwrap();
-    link.connected().await;
-    assert!(link.is_connected());
-
-    link.evict("c1", "poststart hook failed").await.unwrap();
-    let updates = fake.update_requests();
-    assert_eq!(updates.len(), 1);
-    assert_eq!(updates[0].evict[0].container_id, "c1");
-    assert_eq!(updates[0].evict[0].reason, "poststart hook failed");
-
-    drop(fake);
-    plugin.await.unwrap().unwrap();
-    assert!(!link.is_connected());
-    assert!(matches!(
-        link.evict("c1", "again").await,
-        Err(nri::NriError::NotConnected)
-    ));
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use nri_lifecycle::model::{Adjustment, Container, Event, EventKind, Pod, RuntimeInfo};
-use nri_lifecycle::nri::fake_runtime::{FakeRuntime, Generation};
 use nri_lifecycle::nri::{self, Handler};
+use nri_test_support::fake_runtime::{FakeRuntime, Generation};
 use tokio::sync::Notify;
 
 #[derive(Default)]

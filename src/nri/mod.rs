@@ -54,27 +54,32 @@
 //! - `convert`: wire ↔ model conversion, done once here.
 //! - `service`: the `Plugin` service; both generations feed [`Handler::event`].
 //! - [`plugin`]: registration and the run loops ([`serve`], [`run_preinstalled`],
-//!   [`run_external`]), and [`RuntimeLink`] for calls back to the runtime.
-//! - [`fake_runtime`]: the runtime side, for tests and benchmarks.
+//!   [`run_external`]).
+//!
+//! The runtime side of the protocol, for tests and benchmarks, lives in the workspace's
+//! test-support crate (`testsupport/`), not in the plugin. It is built from the plugin's own
+//! pieces, which are public for it alone (the plugin's binary uses none of them from outside
+//! this module): [`wire`], the part of [`mux`] it names ([`mux::Mux`], the connection ids and
+//! [`mux::one_connection`]), [`event_mask`] and [`event_to_wire`]. Tests also use [`wire`] to
+//! build runtime requests.
 
 mod convert;
-pub mod fake_runtime;
 mod handler;
 pub mod mux;
 pub mod plugin;
 mod service;
 
-/// The NRI wire API generated from `protos/nri/api.proto`.
+/// The NRI wire API generated from `protos/nri/api.proto`. Public for the test-support crate's
+/// runtime side and for tests that build runtime requests.
 pub mod wire {
     include!(concat!(env!("OUT_DIR"), "/nri/mod.rs"));
 }
 
-pub use convert::event_mask;
+/// Public for the test-support crate's runtime side: it numbers events and checks
+/// subscriptions exactly as the plugin does.
+pub use convert::{event_mask, event_to_wire};
 pub use handler::Handler;
-pub use plugin::{
-    run_external, run_external_linked, run_preinstalled, serve, serve_linked, NriError,
-    Registration, RuntimeLink,
-};
+pub use plugin::{run_external, run_preinstalled, serve, NriError, Registration};
 pub use service::{
     ServiceError, DEFAULT_REGISTRATION_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS, MAX_SYNC_OBJECTS,
 };

@@ -12,10 +12,14 @@
 //!   (bounded in bytes; a connection that falls that far behind ends the whole mux, as upstream
 //!   does, rather than stalling the other connection);
 //! - per connection, an inbound pump moves queued payloads into the duplex and an outbound pump
-//!   cuts what ttrpc writes into frames of at most [`MAX_WRITE_PAYLOAD`] bytes.
+//!   cuts what ttrpc writes into frames of at most 4 KiB (`MAX_WRITE_PAYLOAD`).
 //!
 //! Frames for connections nobody opened are dropped. The mux ends when the trunk reaches EOF,
 //! on the first I/O or protocol error, or when the [`Mux`] is dropped.
+//!
+//! The plugin needs none of this outside `nri`; what is public here ([`Mux`], its errors, the
+//! two service connection ids and [`one_connection`]) is public because the runtime side in
+//! the test-support crate runs the same mux on its end of the socket.
 
 use std::collections::HashMap;
 use std::io;
@@ -33,21 +37,21 @@ use ttrpc::asynchronous::transport::Listener;
 pub type ConnId = u32;
 
 /// Reserved by the protocol; never opened.
-pub const RESERVED_CONN: ConnId = 0;
+const RESERVED_CONN: ConnId = 0;
 /// The plugin's ttrpc service (runtime → plugin calls).
 pub const PLUGIN_SERVICE_CONN: ConnId = 1;
 /// The runtime's ttrpc service (plugin → runtime calls).
 pub const RUNTIME_SERVICE_CONN: ConnId = 2;
 
 /// Frame header: connection id and payload length.
-pub const HEADER_LEN: usize = 8;
+const HEADER_LEN: usize = 8;
 /// Largest payload we accept: one maximal ttrpc message (10-byte header + 4 MiB body).
-pub const MAX_PAYLOAD: usize = 10 + (4 << 20);
+const MAX_PAYLOAD: usize = 10 + (4 << 20);
 /// Largest payload we send. The Go side reads each frame into a buffered reader's 4 KiB
 /// buffer and fails on a frame that does not fit, so we never send bigger ones.
-pub const MAX_WRITE_PAYLOAD: usize = 4096;
+const MAX_WRITE_PAYLOAD: usize = 4096;
 /// Bytes that may wait, per connection, between the trunk and its reader.
-pub const QUEUE_BYTES: usize = 2 * MAX_PAYLOAD;
+const QUEUE_BYTES: usize = 2 * MAX_PAYLOAD;
 /// What each queued frame costs on top of its payload, so that a flood of empty frames is
 /// bounded too.
 const FRAME_COST: usize = 64;
@@ -271,7 +275,7 @@ where
 }
 
 /// Splits a frame header into connection id and payload length, refusing oversize frames.
-pub fn parse_header(header: &[u8; HEADER_LEN]) -> Result<(ConnId, usize), MuxError> {
+fn parse_header(header: &[u8; HEADER_LEN]) -> Result<(ConnId, usize), MuxError> {
     let conn = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
     let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
     let len = usize::try_from(len).unwrap_or(usize::MAX);
@@ -286,7 +290,7 @@ pub fn parse_header(header: &[u8; HEADER_LEN]) -> Result<(ConnId, usize), MuxErr
 }
 
 /// Appends one frame (header and payload) to `out`.
-pub fn encode_frame(conn: ConnId, payload: &[u8], out: &mut Vec<u8>) {
+fn encode_frame(conn: ConnId, payload: &[u8], out: &mut Vec<u8>) {
     // Payloads come from our own pumps, at most MAX_WRITE_PAYLOAD bytes.
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     out.extend_from_slice(&conn.to_be_bytes());

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::UnixStream;
-use tokio::sync::watch;
 use ttrpc::asynchronous::transport::Socket;
 
 use crate::nri::handler::Handler;
@@ -33,8 +32,6 @@ pub const RECONNECT_INITIAL: Duration = Duration::from_millis(100);
 pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// After `Shutdown`, how long we wait for the runtime to close the connection itself.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
-/// Timeout of our own calls to the runtime (other than registration).
-const RUNTIME_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Errors of the protocol edge.
 #[derive(Debug, Error)]
@@ -59,10 +56,6 @@ pub enum NriError {
         index: String,
         reason: String,
     },
-    #[error("not connected to a runtime")]
-    NotConnected,
-    #[error("runtime call {call}: {reason}")]
-    RuntimeCall { call: &'static str, reason: String },
 }
 
 /// How the plugin introduces itself to the runtime.
@@ -103,73 +96,6 @@ impl Registration {
     }
 }
 
-/// Calls back to the runtime over the current connection, if any. Clone freely; it follows
-/// reconnections of [`run_external`] and [`serve_linked`].
-#[derive(Clone)]
-pub struct RuntimeLink {
-    client: Arc<watch::Sender<Option<api_ttrpc::RuntimeClient>>>,
-}
-
-impl Default for RuntimeLink {
-    fn default() -> Self {
-        RuntimeLink {
-            client: Arc::new(watch::channel(None).0),
-        }
-    }
-}
-
-impl RuntimeLink {
-    fn set(&self, client: Option<api_ttrpc::RuntimeClient>) {
-        self.client.send_replace(client);
-    }
-
-    fn get(&self) -> Option<api_ttrpc::RuntimeClient> {
-        self.client.borrow().clone()
-    }
-
-    /// True while a registered runtime connection is up.
-    pub fn is_connected(&self) -> bool {
-        self.client.borrow().is_some()
-    }
-
-    /// Resolves once a runtime connection is registered (at once if it already is).
-    pub async fn connected(&self) {
-        let mut rx = self.client.subscribe();
-        // The sender lives in `self`, so waiting cannot fail.
-        let _ = rx.wait_for(Option::is_some).await;
-    }
-
-    /// Asks the runtime to stop a container (NRI eviction), giving the reason users see.
-    pub async fn evict(&self, container_id: &str, reason: &str) -> Result<(), NriError> {
-        let client = self.get().ok_or(NriError::NotConnected)?;
-        let req = api::UpdateContainersRequest {
-            evict: vec![api::ContainerEviction {
-                container_id: container_id.to_string(),
-                reason: reason.to_string(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let ctx = ttrpc::context::with_duration(RUNTIME_CALL_TIMEOUT);
-        let reply =
-            client
-                .update_containers(ctx, &req)
-                .await
-                .map_err(|err| NriError::RuntimeCall {
-                    call: "UpdateContainers",
-                    reason: err.to_string(),
-                })?;
-        if reply.failed.is_empty() {
-            Ok(())
-        } else {
-            Err(NriError::RuntimeCall {
-                call: "UpdateContainers",
-                reason: format!("runtime could not evict container {container_id}"),
-            })
-        }
-    }
-}
-
 /// Serves one runtime connection: registers at once, answers the runtime, and returns `Ok`
 /// when the runtime closes the connection or sends `Shutdown`.
 pub async fn serve(
@@ -177,18 +103,8 @@ pub async fn serve(
     reg: Registration,
     handler: Arc<dyn Handler>,
 ) -> Result<(), NriError> {
-    serve_linked(stream, reg, handler, &RuntimeLink::default()).await
-}
-
-/// [`serve`], publishing the runtime client in `link` while the connection is up.
-pub async fn serve_linked(
-    stream: UnixStream,
-    reg: Registration,
-    handler: Arc<dyn Handler>,
-    link: &RuntimeLink,
-) -> Result<(), NriError> {
     let session = Arc::new(Session::default());
-    let result = serve_session(stream, &reg, Arc::clone(&handler), link, &session, None).await;
+    let result = serve_session(stream, &reg, Arc::clone(&handler), &session, None).await;
     session.shut_down_handler(&*handler).await;
     result
 }
@@ -198,7 +114,6 @@ async fn serve_session(
     stream: UnixStream,
     reg: &Registration,
     handler: Arc<dyn Handler>,
-    link: &RuntimeLink,
     session: &Arc<Session>,
     registered: Option<&AtomicBool>,
 ) -> Result<(), NriError> {
@@ -256,7 +171,9 @@ async fn serve_session(
     if let Some(flag) = registered {
         flag.store(true, Ordering::SeqCst);
     }
-    link.set(Some(client));
+    // Connection 2 stays open while we serve, as the runtime expects, though we make no
+    // further calls on it.
+    let runtime_client = client;
 
     let end = tokio::select! {
         end = mux.closed() => end,
@@ -265,7 +182,7 @@ async fn serve_session(
             tokio::time::timeout(SHUTDOWN_GRACE, mux.closed()).await.unwrap_or(Ok(()))
         }
     };
-    link.set(None);
+    drop(runtime_client);
     drop(mux);
     server.shutdown().await.ok();
     match &end {
@@ -347,17 +264,6 @@ pub async fn run_external(
     handler: Arc<dyn Handler>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NriError> {
-    run_external_linked(socket_path, reg, handler, &RuntimeLink::default(), shutdown).await
-}
-
-/// [`run_external`], publishing the runtime client in `link` while connected.
-pub async fn run_external_linked(
-    socket_path: &Path,
-    reg: Registration,
-    handler: Arc<dyn Handler>,
-    link: &RuntimeLink,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), NriError> {
     reg.validate()?;
     let mut shutdown = pin!(shutdown);
     let mut backoff = RECONNECT_INITIAL;
@@ -376,7 +282,6 @@ pub async fn run_external_linked(
                 stream,
                 &reg,
                 Arc::clone(&handler),
-                link,
                 &session,
                 Some(&registered),
             )
@@ -393,7 +298,6 @@ pub async fn run_external_linked(
                 None
             }
         };
-        link.set(None);
         if registered.load(Ordering::SeqCst) {
             session.shut_down_handler(&*handler).await;
             backoff = RECONNECT_INITIAL;

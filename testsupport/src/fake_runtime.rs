@@ -22,10 +22,12 @@ use tokio::sync::watch;
 use ttrpc::asynchronous::transport::Socket;
 use ttrpc::r#async::TtrpcContext;
 
-use crate::model::EventKind;
-use crate::nri::convert;
-use crate::nri::mux::{one_connection, Mux, MuxError, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
-use crate::nri::wire::{api, api_ttrpc};
+use nri_lifecycle::model::EventKind;
+use nri_lifecycle::nri::mux::{
+    one_connection, Mux, MuxError, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN,
+};
+use nri_lifecycle::nri::wire::{api, api_ttrpc};
+use nri_lifecycle::nri::{event_mask, event_to_wire};
 
 /// Which runtime generation to imitate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,7 +261,7 @@ impl FakeRuntime {
     /// Whether the plugin subscribed to `kind` (a zero mask means everything).
     pub fn subscribed(&self, kind: EventKind) -> bool {
         let mask = *lock(&self.events);
-        mask == 0 || mask & convert::event_mask(&[kind]) != 0
+        mask == 0 || mask & event_mask(&[kind]) != 0
     }
 
     /// Sends the pods and containers in pages of at most `page` of each (at least one page),
@@ -347,7 +349,7 @@ impl FakeRuntime {
                 EventKind::RunPodSandbox | EventKind::StopPodSandbox | EventKind::RemovePodSandbox
             );
             let req = api::StateChangeEvent {
-                event: protobuf::EnumOrUnknown::new(convert::event_to_wire(kind)),
+                event: protobuf::EnumOrUnknown::new(event_to_wire(kind)),
                 pod: p(),
                 container: if is_pod_event {
                     protobuf::MessageField::none()
