@@ -13,9 +13,12 @@
 //!   waiting for its registration.
 //! - [`cri`]: the CRI client (RunPodSandbox ... RemovePodSandbox, ExecSync, logs).
 //! - [`sys`]: small OS helpers (locks, /proc, cgroups, mounts).
+//! - [`bench`]: what `make bench` judges and writes: samples, typed targets and verdicts,
+//!   BENCHMARKS.md (no node needed; the `bench` binary measures).
 //!
-//! Everything needs root; [`require_root`] says so loudly.
+//! Everything but [`bench`] needs root; [`require_root`] says so loudly.
 
+pub mod bench;
 pub mod cri;
 pub mod install;
 pub mod net;
