@@ -12,6 +12,12 @@ use std::time::Duration;
 pub trait Quantity: PartialOrd + Copy {
     /// The value with its unit, e.g. "222 µs", "1.05×", "6.3 MiB".
     fn text(self) -> String;
+
+    /// The value without rounding, for when [`Quantity::text`] of a measurement reads like
+    /// its bound (a ratio of 1.104 against ≤ 1.10).
+    fn exact(self) -> String {
+        self.text()
+    }
 }
 
 impl Quantity for Duration {
@@ -26,6 +32,10 @@ impl Quantity for Duration {
         } else {
             format!("{:.2} s", self.as_secs_f64())
         }
+    }
+
+    fn exact(self) -> String {
+        format!("{} ns", self.as_nanos())
     }
 }
 
@@ -83,6 +93,10 @@ impl Quantity for Ratio {
     fn text(self) -> String {
         format!("{:.2}×", self.0)
     }
+
+    fn exact(self) -> String {
+        format!("{:.4}×", self.0)
+    }
 }
 
 /// An amount of memory or a file size.
@@ -118,6 +132,10 @@ impl Quantity for Bytes {
         } else {
             format!("{} B", self.0)
         }
+    }
+
+    fn exact(self) -> String {
+        format!("{} B", self.0)
     }
 }
 
@@ -170,10 +188,17 @@ pub struct Check {
 impl Check {
     /// `measured` compared with `bound` by `cmp`, in the one unit both have.
     pub fn new<Q: Quantity>(what: &str, measured: Option<Q>, cmp: Cmp, bound: Q) -> Check {
+        let shown = |m: Q| {
+            if m.text() == bound.text() && m != bound {
+                m.exact()
+            } else {
+                m.text()
+            }
+        };
         Check {
             what: what.to_string(),
             bound: format!("{} {}", cmp.symbol(), bound.text()),
-            measured: measured.map(Quantity::text),
+            measured: measured.map(shown),
             met: measured.map(|m| cmp.holds(m, bound)),
         }
     }
@@ -284,6 +309,26 @@ mod tests {
         assert_eq!(all_met(&[unmeasured.clone(), missed]), Some(false));
         assert_eq!(all_met(&[met, unmeasured]), None);
         assert_eq!(all_met(&[]), None);
+    }
+
+    #[test]
+    fn a_measurement_that_rounds_to_its_bound_is_shown_exactly() {
+        let c = Check::new(
+            "gated ÷ off",
+            Some(Ratio::times(1.1039)),
+            Cmp::AtMost,
+            Ratio::times(1.10),
+        );
+        assert_eq!(c.result(), "**MISSED** (1.1039×)");
+        let c = Check::new(
+            "p99",
+            Some(Duration::from_nanos(200_400)),
+            Cmp::Below,
+            US(200),
+        );
+        assert_eq!(c.result(), "**MISSED** (200400 ns)");
+        let c = Check::new("p99", Some(US(200)), Cmp::AtMost, US(200));
+        assert_eq!(c.result(), "**met** (200 µs)");
     }
 
     #[test]
