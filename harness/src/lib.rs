@@ -6,14 +6,19 @@
 //! - [`install`]: where containerd 1.7/2.1, the CNI plugins, the test binary and the image
 //!   tars live (`.cache/harness`, filled by `harness/scripts/setup.sh`, run on demand).
 //! - [`node`]: one private containerd: config, start with only fds 0–2, wait for CRI, image
-//!   import, teardown (by PID, cgroup, mount), leftover check, cleanup of interrupted runs.
+//!   import, teardown (by PID, cgroup, mount), leftover check, cleanup of interrupted runs,
+//!   a plugin's registration recognised in containerd's log.
 //! - [`net`]: the CNI bridge on a private /24, the safety route, `ip_forward` restore.
-//! - [`plugin`]: the plugin in external mode, recognising its registration.
+//! - [`plugin`]: the plugin in external mode (built on [`node`], never the other way),
+//!   waiting for its registration.
 //! - [`cri`]: the CRI client (RunPodSandbox ... RemovePodSandbox, ExecSync, logs).
 //! - [`sys`]: small OS helpers (locks, /proc, cgroups, mounts).
+//! - [`bench`]: what `make bench` judges and writes: samples, typed targets and verdicts,
+//!   BENCHMARKS.md (no node needed; the `bench` binary measures).
 //!
-//! Everything needs root; [`require_root`] says so loudly.
+//! Everything but [`bench`] needs root; [`require_root`] says so loudly.
 
+pub mod bench;
 pub mod cri;
 pub mod install;
 pub mod net;

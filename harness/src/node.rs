@@ -267,6 +267,19 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Whether containerd's log shows that a plugin whose name contains `name` registered
+/// (or connected, for an external plugin).
+pub fn registered(containerd_log: &str, name: &str) -> bool {
+    // Pre-installed plugins are "registered as" (1.7 never synchronizes them: they start
+    // before any container exists); external ones are "connected" after their synchronization.
+    containerd_log.lines().any(|l| {
+        l.contains(name)
+            && (l.contains("synchronizing plugin")
+                || l.contains("registered as")
+                || (l.contains("plugin \\\"") && l.contains("connected")))
+    })
+}
+
 /// A running private containerd node. Stop it with [`Node::stop`]; dropping it tears it
 /// down too (without the leftover check).
 pub struct Node {
@@ -461,7 +474,7 @@ impl Node {
             return Ok(());
         }
         let log = self.containerd_log();
-        if crate::plugin::registered(&log, "nri-lifecycle") {
+        if registered(&log, "nri-lifecycle") {
             return Ok(());
         }
         Err(NodeError::PluginNotRegistered {

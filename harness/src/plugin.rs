@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::node::Node;
+use crate::node::{registered, Node, PLUGIN_FILE};
 use crate::sys;
 
 /// Errors of starting an external plugin.
@@ -59,7 +59,7 @@ impl ExternalPlugin {
         let config = node
             .paths()
             .plugin_config_dir
-            .join(format!("{}.conf", crate::node::PLUGIN_FILE));
+            .join(format!("{PLUGIN_FILE}.conf"));
         if config.exists() {
             args.push("--config".into());
             args.push(config.to_string_lossy().into_owned());
@@ -133,19 +133,6 @@ impl Drop for ExternalPlugin {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(2));
     }
-}
-
-/// Whether containerd's log shows that a plugin whose name contains `name` registered
-/// (or connected, for an external plugin).
-pub fn registered(containerd_log: &str, name: &str) -> bool {
-    // Pre-installed plugins are "registered as" (1.7 never synchronizes them: they start
-    // before any container exists); external ones are "connected" after their synchronization.
-    containerd_log.lines().any(|l| {
-        l.contains(name)
-            && (l.contains("synchronizing plugin")
-                || l.contains("registered as")
-                || (l.contains("plugin \\\"") && l.contains("connected")))
-    })
 }
 
 /// Waits until the plugin's registration shows in containerd's log, at most `limit`.

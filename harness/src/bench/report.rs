@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use crate::stats::{ms, ratio, Samples};
+use super::stats::Samples;
+use super::verdict::{all_met, ms, text_or_na, verdict, Bytes, Check, Quantity, Ratio};
 
 /// What the figures were measured on.
 #[derive(Debug, Clone)]
@@ -51,8 +52,8 @@ impl Machine {
 pub struct Row {
     pub name: String,
     pub n: usize,
-    pub median: f64,
-    pub p95: f64,
+    pub median: Option<Duration>,
+    pub p95: Option<Duration>,
     /// "ratio (median)", "ratio (p95)".
     pub ratio: (String, String),
 }
@@ -76,15 +77,16 @@ impl Row {
         }
     }
 
-    /// `s` ÷ `reference`, with the target ratio.
-    pub fn vs(name: &str, s: &Samples, reference: &Samples, target: f64) -> Row {
+    /// `s` ÷ `reference`, with the target ratio when the row has one.
+    pub fn vs(name: &str, s: &Samples, reference: &Samples, target: Option<Ratio>) -> Row {
+        let median = text_or_na(Ratio::of(s.median(), reference.median()));
         Row {
             ratio: (
-                format!(
-                    "{} (target ≤ {target:.2}×)",
-                    ratio(s.median(), reference.median())
-                ),
-                ratio(s.p95(), reference.p95()),
+                match target {
+                    Some(t) => format!("{median} (target ≤ {})", t.text()),
+                    None => median,
+                },
+                text_or_na(Ratio::of(s.p95(), reference.p95())),
             ),
             ..Row::plain(name, s)
         }
@@ -94,32 +96,60 @@ impl Row {
     pub fn speedup(name: &str, s: &Samples, ours: &Samples) -> Row {
         Row {
             ratio: (
-                format!("ours {} faster", ratio(s.median(), ours.median())),
-                format!("ours {} faster", ratio(s.p95(), ours.p95())),
+                format!(
+                    "ours {} faster",
+                    text_or_na(Ratio::of(s.median(), ours.median()))
+                ),
+                format!("ours {} faster", text_or_na(Ratio::of(s.p95(), ours.p95()))),
             ),
             ..Row::plain(name, s)
         }
     }
 }
 
-/// One figure.
+/// One figure: its table, its targets and what was found.
 #[derive(Debug, Clone)]
 pub struct Figure {
     pub title: String,
-    pub target: String,
-    pub met: Option<bool>,
+    pub checks: Vec<Check>,
     pub rows: Vec<Row>,
     pub lines: Vec<String>,
 }
 
 impl Figure {
-    pub fn new(title: &str, target: &str) -> Figure {
+    pub fn new(title: &str) -> Figure {
         Figure {
             title: title.into(),
-            target: target.into(),
-            met: None,
+            checks: Vec::new(),
             rows: Vec::new(),
             lines: Vec::new(),
+        }
+    }
+
+    /// Every target, "; " between them.
+    pub fn target(&self) -> String {
+        self.checks
+            .iter()
+            .map(Check::target)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    pub fn met(&self) -> Option<bool> {
+        all_met(&self.checks)
+    }
+
+    /// The verdict, with the measured values: "**MISSED** (1.08×; 1.03×)".
+    pub fn result(&self) -> String {
+        let measured: Vec<&str> = self
+            .checks
+            .iter()
+            .filter_map(|c| c.measured.as_deref())
+            .collect();
+        if measured.is_empty() {
+            verdict(self.met()).to_string()
+        } else {
+            format!("{} ({})", verdict(self.met()), measured.join("; "))
         }
     }
 }
@@ -130,10 +160,10 @@ pub struct Report {
     pub machine: Machine,
     pub containerd: Vec<String>,
     pub figures: Vec<Figure>,
-    /// (what, KiB, target KiB).
-    pub memory: Vec<(String, u64, u64)>,
-    /// (what, bytes).
-    pub sizes: Vec<(String, u64)>,
+    /// Memory and size limits, each a table row of the summary.
+    pub limits: Vec<Check>,
+    /// Sizes shown for context, without a target.
+    pub sizes: Vec<(String, Bytes)>,
     pub notes: Vec<String>,
     pub duration: Duration,
     pub load_before: String,
@@ -147,21 +177,13 @@ pub fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn verdict(met: Option<bool>) -> &'static str {
-    match met {
-        Some(true) => "**met**",
-        Some(false) => "**MISSED**",
-        None => "**not measured**",
-    }
-}
-
 impl Report {
     pub fn new(machine: Machine) -> Report {
         Report {
             machine,
             containerd: Vec::new(),
             figures: Vec::new(),
-            memory: Vec::new(),
+            limits: Vec::new(),
             sizes: Vec::new(),
             notes: Vec::new(),
             duration: Duration::ZERO,
@@ -202,50 +224,38 @@ impl Report {
             o.push_str(&format!(
                 "| {} | {} | {} |\n",
                 f.title,
-                f.target,
-                verdict(f.met)
+                f.target(),
+                f.result()
             ));
         }
-        for (what, kib, target) in &self.memory {
-            o.push_str(&format!(
-                "| {what} | ≤ {} | {} ({}) |\n",
-                kib_text(*target),
-                verdict(Some(kib <= target)),
-                kib_text(*kib)
-            ));
+        for c in &self.limits {
+            o.push_str(&format!("| {} | {} | {} |\n", c.what, c.bound, c.result()));
         }
-        for (what, bytes) in &self.sizes {
-            let met = if what.starts_with("gate") {
-                verdict(Some(*bytes < 1024 * 1024))
-            } else {
-                "(context)"
-            };
-            o.push_str(&format!(
-                "| {what} | {} | {met} ({:.0} KiB) |\n",
-                if what.starts_with("gate") {
-                    "< 1 MiB"
-                } else {
-                    "—"
-                },
-                *bytes as f64 / 1024.0
-            ));
+        for (what, size) in &self.sizes {
+            o.push_str(&format!("| {what} | — | (context) ({}) |\n", size.text()));
         }
         o.push('\n');
         for f in &self.figures {
-            o.push_str(&format!(
-                "## {}\n\nTarget: {} — {}\n\n",
-                f.title,
-                f.target,
-                verdict(f.met)
-            ));
+            o.push_str(&format!("## {}\n\n", f.title));
+            match f.checks.as_slice() {
+                [] => o.push_str("Target: none (context)\n\n"),
+                [c] => o.push_str(&format!("Target: {c}\n\n")),
+                checks => {
+                    o.push_str(&format!("Targets — {}:\n\n", verdict(f.met())));
+                    for c in checks {
+                        o.push_str(&format!("- {c}\n"));
+                    }
+                    o.push('\n');
+                }
+            }
             o.push_str("| variant | N | median | p95 | ratio (median) | ratio (p95) |\n|---|---:|---:|---:|---|---|\n");
             for r in &f.rows {
                 o.push_str(&format!(
                     "| {} | {} | {} | {} | {} | {} |\n",
                     r.name,
                     r.n,
-                    ms(r.median),
-                    ms(r.p95),
+                    r.median.map_or_else(|| "—".to_string(), ms),
+                    r.p95.map_or_else(|| "—".to_string(), ms),
                     r.ratio.0,
                     r.ratio.1
                 ));
@@ -267,10 +277,66 @@ impl Report {
     }
 }
 
-fn kib_text(kib: u64) -> String {
-    if kib >= 1024 {
-        format!("{:.1} MiB", kib as f64 / 1024.0)
-    } else {
-        format!("{kib} KiB")
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::targets;
+
+    fn machine() -> Machine {
+        Machine {
+            nproc: 2,
+            model: "test".into(),
+            kernel: "test".into(),
+            runc: "test".into(),
+        }
+    }
+
+    #[test]
+    fn summary_and_section_carry_the_verdict() {
+        let mut rep = Report::new(machine());
+        let lat: Samples = (0..100)
+            .map(|i| Duration::from_micros(if i < 98 { 80 } else { 222 }))
+            .collect();
+        let mut f = Figure::new("NRI events");
+        f.rows.push(Row::plain("round trip", &lat));
+        f.checks.push(targets::events(&lat));
+        rep.figures.push(f);
+        rep.limits.push(targets::memory(
+            "plugin RSS, idle",
+            Some(Bytes::kib(6451)),
+            targets::RSS_IDLE,
+        ));
+        rep.limits
+            .push(targets::gate_size("gate binary", Bytes::mib(2)));
+        rep.sizes.push(("plugin binary".into(), Bytes::kib(6688)));
+        let text = rep.render("");
+        for line in [
+            "| NRI events | p99 per event < 200 µs | **MISSED** (222 µs) |",
+            "| plugin RSS, idle | ≤ 8.0 MiB | **met** (6.3 MiB) |",
+            "| gate binary | < 1.0 MiB | **MISSED** (2.0 MiB) |",
+            "| plugin binary | — | (context) (6.5 MiB) |",
+            "Target: p99 per event < 200 µs — **MISSED** (222 µs)",
+            "| round trip | 100 | 0.080 | 0.080 |  |  |",
+        ] {
+            assert!(text.contains(line), "{line:?} not in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn several_targets_listed_with_one_verdict() {
+        let mut rep = Report::new(machine());
+        let ms = |v: u64| -> Samples { vec![Duration::from_millis(v); 3].into_iter().collect() };
+        let mut f = Figure::new("start");
+        f.checks = targets::start(&ms(100), &ms(104), &ms(120));
+        rep.figures.push(f);
+        let text = rep.render("");
+        for line in [
+            "| start | plugin (no hooks) ÷ NRI off, median ≤ 1.05×; PreStop (gate) ÷ NRI off, median ≤ 1.10× | **MISSED** (1.04×; 1.20×) |",
+            "Targets — **MISSED**:",
+            "- plugin (no hooks) ÷ NRI off, median ≤ 1.05× — **met** (1.04×)",
+            "- PreStop (gate) ÷ NRI off, median ≤ 1.10× — **MISSED** (1.20×)",
+        ] {
+            assert!(text.contains(line), "{line:?} not in:\n{text}");
+        }
     }
 }

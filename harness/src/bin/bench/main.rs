@@ -8,23 +8,19 @@
 //! `bench_probe` example of the plugin crate, which drives the release binary): NRI event
 //! latency and throughput in both protocol generations, and the plugin's RSS.
 
-#[path = "../bench/probe.rs"]
 mod probe;
-#[path = "../bench/report.rs"]
-mod report;
-#[path = "../bench/stats.rs"]
-mod stats;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
+use nri_harness::bench::report::{self, Figure, Machine, Report, Row};
+use nri_harness::bench::stats::{self, Samples};
+use nri_harness::bench::targets;
+use nri_harness::bench::verdict::{text_or_na, Bytes, Quantity};
 use nri_harness::cri::ContainerState;
 use nri_harness::{images, plugin, ContainerSpec, Node, NodeOptions, PluginMode, PodSpec, Version};
-
-use report::{Figure, Machine, Report, Row};
-use stats::Samples;
 
 /// Everything the command line can change.
 #[derive(Debug, Clone)]
@@ -124,8 +120,8 @@ async fn main() -> anyhow::Result<()> {
     }
     match gate_size(&opts.plugin) {
         Ok((gate, plugin)) => {
-            rep.sizes.push((
-                "gate binary (embedded, written out at start-up)".into(),
+            rep.limits.push(targets::gate_size(
+                "gate binary (embedded, written out at start-up)",
                 gate,
             ));
             rep.sizes
@@ -189,7 +185,7 @@ fn opts_line(o: &Opts) -> String {
     )
 }
 
-fn gate_size(plugin: &Path) -> anyhow::Result<(u64, u64)> {
+fn gate_size(plugin: &Path) -> anyhow::Result<(Bytes, Bytes)> {
     let dir = std::env::temp_dir().join(format!("nri-bench-gate-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let gate = dir.join("gate");
@@ -203,48 +199,53 @@ fn gate_size(plugin: &Path) -> anyhow::Result<(u64, u64)> {
     let g = std::fs::metadata(&gate)?.len();
     let p = std::fs::metadata(plugin)?.len();
     let _ = std::fs::remove_dir_all(&dir);
-    Ok((g, p))
+    Ok((Bytes::new(g), Bytes::new(p)))
 }
 
 fn figures_events(rep: &mut Report, gens: &[probe::Generation]) {
     for g in gens {
         let s = Samples::from_ns(&g.lat_ns);
-        let per_s = g.events as f64 / (g.total_ns as f64 / 1e9);
-        let mut f = Figure::new(
-            &format!("NRI event handling, fake runtime, {}", g.name),
-            "p99 per event < 200 µs",
-        );
+        let total = Duration::from_nanos(g.total_ns);
+        let mut f = Figure::new(&format!("NRI event handling, fake runtime, {}", g.name));
         f.rows
             .push(Row::plain("round trip per event (runtime side)", &s));
-        f.met = Some(s.p99() < 0.200);
+        f.checks.push(targets::events(&s));
         f.lines.push(format!(
-            "{} events of hook-less containers (CreateContainer, PostCreateContainer, PostStartContainer, StopContainer, RemoveContainer: the events the plugin subscribes to), sent one after the other: p50 {} ms, p99 {} ms, max {} ms; {:.0} events/s.",
+            "{} events of hook-less containers (CreateContainer, PostCreateContainer, PostStartContainer, StopContainer, RemoveContainer: the events the plugin subscribes to), sent one after the other: p50 {}, p99 {}, max {}; {:.0} events/s.",
             g.events,
-            stats::ms(s.median()),
-            stats::ms(s.p99()),
-            stats::ms(s.max()),
-            per_s
+            text_or_na(s.median()),
+            text_or_na(s.p99()),
+            text_or_na(s.max()),
+            g.events as f64 / total.as_secs_f64()
         ));
         rep.figures.push(f);
     }
-    // Memory: the worst of the two generations.
-    let idle = gens.iter().map(|g| g.rss_idle_kib).max().unwrap_or(0);
-    let tracked = gens.iter().map(|g| g.rss_tracked_kib).max().unwrap_or(0);
+    // Memory: the worst of the two generations; not measured unless every one reported it.
+    let worst = |kib: fn(&probe::Generation) -> Option<u64>| -> Option<Bytes> {
+        if gens.is_empty() {
+            return None;
+        }
+        gens.iter()
+            .map(kib)
+            .collect::<Option<Vec<u64>>>()
+            .and_then(|v| v.into_iter().max())
+            .map(Bytes::kib)
+    };
     let n = gens.first().map(|g| g.tracked).unwrap_or(0);
     let sockets = gens
         .iter()
         .map(|g| g.tracked_socket_dirs)
         .min()
         .unwrap_or(0);
-    rep.memory.push((
-        "plugin RSS, idle (registered and configured)".into(),
-        idle,
-        8 * 1024,
+    rep.limits.push(targets::memory(
+        "plugin RSS, idle (registered and configured)",
+        worst(|g| g.rss_idle_kib),
+        targets::RSS_IDLE,
     ));
-    rep.memory.push((
-        format!("plugin RSS with {n} tracked containers (PreStop exec + PostStart hooks; {sockets} gate sockets open)"),
-        tracked,
-        24 * 1024,
+    rep.limits.push(targets::memory(
+        &format!("plugin RSS with {n} tracked containers (PreStop exec + PostStart hooks; {sockets} gate sockets open)"),
+        worst(|g| g.rss_tracked_kib),
+        targets::RSS_TRACKED,
     ));
 }
 
@@ -374,20 +375,6 @@ fn first_arg(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-/// The `took_ms` values of "hook succeeded" lines of a phase in the plugin log.
-fn hook_took_ms(log: &str, phase: &str) -> Vec<f64> {
-    log.lines()
-        .filter(|l| l.contains("hook succeeded") && l.contains(phase))
-        .filter_map(|l| {
-            let rest = &l[l.find("took_ms=")? + "took_ms=".len()..];
-            let end = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .unwrap_or(rest.len());
-            rest[..end].parse().ok()
-        })
-        .collect()
-}
-
 /// Figures 3 and 7: CRI CreateContainer+StartContainer, then StopContainer, for a plain
 /// container without NRI, with NRI but no plugin (context), with the plugin, and a gated one
 /// (PreStop no-op) with the plugin.
@@ -419,8 +406,8 @@ async fn start_and_stop(
         pods.push(cris[NODE_OF[k]].run_pod(&PodSpec::new(name)).await?);
     }
     let gated_spec = app().annotation(PRESTOP_KEY, PRESTOP_NOOP);
-    let mut start: [Vec<f64>; 4] = Default::default();
-    let mut stop: [Vec<f64>; 4] = Default::default();
+    let mut start: [Vec<Duration>; 4] = Default::default();
+    let mut stop: [Vec<Duration>; 4] = Default::default();
     let mut gate_rss = Vec::new();
     let mut gate_pid1 = 0usize;
     let warmup = 3;
@@ -433,7 +420,7 @@ async fn start_and_stop(
             let t = Instant::now();
             let id = cri.create_container(&pods[k], &spec).await?;
             cri.start_container(&id).await?;
-            let s = t.elapsed().as_secs_f64();
+            let s = t.elapsed();
             if round >= warmup {
                 start[k].push(s);
             }
@@ -451,7 +438,7 @@ async fn start_and_stop(
             let cri = &mut cris[NODE_OF[k]];
             let t = Instant::now();
             cri.stop_container(&ids[k], 10).await?;
-            let s = t.elapsed().as_secs_f64();
+            let s = t.elapsed();
             if round >= warmup {
                 stop[k].push(s);
             }
@@ -462,63 +449,56 @@ async fn start_and_stop(
         cris[NODE_OF[k]].delete_pod(pod).await?;
     }
 
-    let s: Vec<Samples> = start.iter().map(|x| Samples::from_secs(x)).collect();
-    let mut f = Figure::new(
-        &format!("CRI CreateContainer + StartContainer, {v}"),
-        "plugin (no hooks) ≤ 1.05× NRI off; PreStop (gate) ≤ 1.10× NRI off",
-    );
+    let s: Vec<Samples> = start.into_iter().map(Samples::new).collect();
+    let mut f = Figure::new(&format!("CRI CreateContainer + StartContainer, {v}"));
     f.rows.push(Row::reference(names[0], &s[0]));
-    f.rows.push(Row::vs(names[1], &s[1], &s[0], 1.05));
-    f.rows.push(Row::vs(names[2], &s[2], &s[0], 1.05));
-    f.rows.push(Row::vs(names[3], &s[3], &s[0], 1.10));
-    f.met = Some(s[2].median() <= 1.05 * s[0].median() && s[3].median() <= 1.10 * s[0].median());
+    f.rows.push(Row::vs(names[1], &s[1], &s[0], None));
+    f.rows
+        .push(Row::vs(names[2], &s[2], &s[0], Some(targets::START_PLUGIN)));
+    f.rows
+        .push(Row::vs(names[3], &s[3], &s[0], Some(targets::START_GATED)));
+    f.checks = targets::start(&s[0], &s[2], &s[3]);
     f.lines.push(format!(
         "Distroless test app; three nodes of the same containerd side by side (NRI off; NRI on without plugins; the plugin pre-installed), the four variants interleaved, order rotated each round, {warmup} warm-up rounds dropped. The \"NRI on, no plugin\" row separates what containerd's NRI adapter costs from what the plugin costs. The gate was PID 1 of the PreStop container in {gate_pid1} of {} rounds (stored-spec rewrite on this containerd).",
         opts.start_rounds + warmup
     ));
     rep.figures.push(f);
 
-    let hook_ms = hook_took_ms(&on.plugin_log(), "preStop");
-    let hook_s = if hook_ms.is_empty() {
-        0.0
-    } else {
-        Samples::from_secs(&hook_ms.iter().map(|m| m / 1e3).collect::<Vec<_>>()).median()
-    };
-    let t: Vec<Samples> = stop.iter().map(|x| Samples::from_secs(x)).collect();
-    let mut f = Figure::new(
-        &format!("CRI StopContainer, {v}"),
-        "gated (PreStop no-op) ≤ 1.10× ungated + the hook's own time",
-    );
+    let hook_times = stats::hook_times(&on.plugin_log(), "preStop");
+    let hook = Samples::new(hook_times.clone())
+        .median()
+        .unwrap_or(Duration::ZERO);
+    let t: Vec<Samples> = stop.into_iter().map(Samples::new).collect();
+    let mut f = Figure::new(&format!("CRI StopContainer, {v}"));
     f.rows
         .push(Row::reference("plugin, no hooks (ungated)", &t[2]));
     f.rows.push(Row::vs(
         "plugin, PreStop sleep 0 (gated)",
         &t[3],
         &t[2],
-        1.10,
+        Some(targets::STOP_GATED),
     ));
     f.rows.push(Row::plain("NRI off (context)", &t[0]));
     f.rows
         .push(Row::plain("NRI on, no plugin (context)", &t[1]));
-    f.met = Some(t[3].median() <= 1.10 * t[2].median() + hook_s);
+    f.checks.push(targets::stop(&t[2], &t[3], hook));
     f.lines.push(format!(
-        "StopContainer(timeout 10 s); the app exits on SIGTERM. PreStop `{PRESTOP_NOOP}`; the plugin logged {} successful PreStop hooks (median own time {} ms, added to the allowance).",
-        hook_ms.len(),
-        stats::ms(hook_s)
+        "StopContainer(timeout 10 s); the app exits on SIGTERM. PreStop `{PRESTOP_NOOP}`; the plugin logged {} successful PreStop hooks (median own time {}, added to the allowance).",
+        hook_times.len(),
+        hook.text()
     ));
-    if hook_ms.is_empty() {
+    if hook_times.is_empty() {
         f.lines.push("No PreStop hook succeeded (see the plugin log): the gate was answered with a failure and forwarded the signal; the figure still measures the gate's round trip.".into());
     }
     rep.figures.push(f);
-    if !gate_rss.is_empty() {
-        let max = gate_rss.iter().copied().max().unwrap_or(0);
-        rep.memory.push((
-            format!(
+    if let Some(max) = gate_rss.iter().copied().max() {
+        rep.limits.push(targets::memory(
+            &format!(
                 "gate RSS as PID 1 of a real container, {v} (max of {})",
                 gate_rss.len()
             ),
-            max,
-            1024,
+            Some(Bytes::kib(max)),
+            targets::GATE_RSS,
         ));
     } else {
         rep.note(format!(
@@ -595,19 +575,19 @@ async fn hook_latency(
         "runc exec",
         "nsenter -t PID -a",
     ];
-    let mut s: [Vec<f64>; 4] = Default::default();
+    let mut s: [Vec<Duration>; 4] = Default::default();
     let mut errors: [usize; 4] = [0; 4];
     let mut first_err: [Option<String>; 4] = Default::default();
     let warmup = 5;
     for round in 0..(opts.exec_rounds + warmup) {
         for j in 0..4 {
             let k = (j + round) % 4;
-            let r: anyhow::Result<f64> = match k {
+            let r: anyhow::Result<Duration> = match k {
                 0 => p.exec(&["true"]),
                 1 => {
                     let t = Instant::now();
                     let r = cri.exec_sync(&sh_id, &["true"], 10).await?;
-                    let e = t.elapsed().as_secs_f64();
+                    let e = t.elapsed();
                     if r.exit_code == 0 {
                         Ok(e)
                     } else {
@@ -634,20 +614,13 @@ async fn hook_latency(
             }
         }
     }
-    let x: Vec<Samples> = s.iter().map(|v| Samples::from_secs(v)).collect();
-    let mut f = Figure::new(
-        &format!("exec hook latency (`true`), same container, {v}"),
-        "≥ 10× faster than CRI ExecSync; no slower than `nsenter -a`",
-    );
+    let x: Vec<Samples> = s.into_iter().map(Samples::new).collect();
+    let mut f = Figure::new(&format!("exec hook latency (`true`), same container, {v}"));
     f.rows.push(Row::plain(names[0], &x[0]));
     for k in 1..4 {
         f.rows.push(Row::speedup(names[k], &x[k], &x[0]));
     }
-    f.met = if x[0].n() == 0 {
-        None
-    } else {
-        Some(x[1].median() >= 10.0 * x[0].median() && x[0].median() <= x[3].median())
-    };
+    f.checks = targets::exec(&x[0], &x[1], &x[3]);
     f.lines.push(format!(
         "busybox container running `sleep 3600`; the four variants interleaved, order rotated each round, {warmup} warm-up rounds dropped. \"ours\" times `Effects::run_hook` of the plugin's `node::Node` (the call its core makes for every hook) in the bench_probe process; the others are timed around the CRI call or the child process. Ratios are reference ÷ ours (how many times faster ours is)."
     ));
@@ -668,7 +641,7 @@ async fn hook_latency(
     on.check_pod_route(&ip)
         .context("the pod IP is not routed via the node's bridge: no HTTP traffic sent")?;
     p.target(&web_target)?;
-    let mut h: [Vec<f64>; 2] = Default::default();
+    let mut h: [Vec<Duration>; 2] = Default::default();
     let mut herr: [usize; 2] = [0; 2];
     let mut hfirst: [Option<String>; 2] = Default::default();
     for round in 0..(opts.http_rounds + warmup) {
@@ -689,18 +662,19 @@ async fn hook_latency(
             }
         }
     }
-    let y: Vec<Samples> = h.iter().map(|v| Samples::from_secs(v)).collect();
-    let mut f = Figure::new(
-        &format!("httpGet hook latency, {v}"),
-        "≤ 1.5× a plain HTTP GET from the host to the pod",
-    );
+    let y: Vec<Samples> = h.into_iter().map(Samples::new).collect();
+    let mut f = Figure::new(&format!("httpGet hook latency, {v}"));
     f.rows.push(Row::reference(
         "plain GET from the host to the pod IP",
         &y[1],
     ));
-    f.rows
-        .push(Row::vs("ours (plugin's httpGet runner)", &y[0], &y[1], 1.5));
-    f.met = (y[0].n() > 0).then(|| y[0].median() <= 1.5 * y[1].median());
+    f.rows.push(Row::vs(
+        "ours (plugin's httpGet runner)",
+        &y[0],
+        &y[1],
+        Some(targets::HTTP_GET),
+    ));
+    f.checks.push(targets::http(&y[0], &y[1]));
     f.lines.push(format!(
         "The test app serving HTTP in the pod on port 8080; `ip route get {ip}` checked to go via the node's bridge first. Both on a fresh connection each time, from the same process (bench_probe), interleaved; the plain GET is a hand-written HTTP/1.1 request over a std TcpStream. \"ours\" times `Effects::run_hook` with an httpGet handler for the pod (its connection is made from inside the pod's network namespace)."
     ));
@@ -721,13 +695,13 @@ async fn hook_latency(
     Ok(())
 }
 
-fn timed_cmd(cmd: &mut Command) -> anyhow::Result<f64> {
+fn timed_cmd(cmd: &mut Command) -> anyhow::Result<Duration> {
     let t = Instant::now();
     let out = cmd
         .stdin(std::process::Stdio::null())
         .output()
         .context("spawning")?;
-    let e = t.elapsed().as_secs_f64();
+    let e = t.elapsed();
     if out.status.success() {
         Ok(e)
     } else {
@@ -857,31 +831,40 @@ async fn burst(v: Version, opts: &Opts, on: &Node, rep: &mut Report) -> anyhow::
         .lines()
         .filter(|l| l.contains("hook failed") && l.contains("postStart"))
         .count();
-    let took = hook_took_ms(new_log, "postStart");
-    let from_reply: Vec<f64> = hooks
+    let took = stats::hook_times(new_log, "postStart");
+    // Unix times in seconds (the hook's from inside the container): a hook can finish before
+    // its StartContainer reply reaches us; such a gap counts as zero.
+    let early = hooks
         .iter()
-        .filter_map(|(tag, at)| started.get(tag).map(|s| at - s))
+        .filter(|(tag, at)| started.get(*tag).is_some_and(|s| *at < s))
+        .count();
+    let from_reply: Samples = hooks
+        .iter()
+        .filter_map(|(tag, at)| stats::between_unix(*started.get(tag)?, *at))
         .collect();
-    let from_t0: Vec<f64> = hooks.values().map(|at| at - t0).collect();
+    let from_t0: Samples = hooks
+        .values()
+        .filter_map(|at| stats::between_unix(t0, *at))
+        .collect();
     let timeouts = nri_timeouts(&on.containerd_log());
-    let a = Samples::from_secs(&from_t0);
-    let b = Samples::from_secs(&from_reply);
-    let mut f = Figure::new(
-        &format!("burst: {n} containers started at once, PostStart exec hook each, {v}"),
-        "every hook runs; zero NRI timeouts",
-    );
-    f.rows.push(Row::plain("burst start → hook done", &a));
-    f.rows
-        .push(Row::plain("its StartContainer reply → hook done", &b));
+    let mut f = Figure::new(&format!(
+        "burst: {n} containers started at once, PostStart exec hook each, {v}"
+    ));
+    f.rows.push(Row::plain("burst start → hook done", &from_t0));
+    f.rows.push(Row::plain(
+        "its StartContainer reply → hook done",
+        &from_reply,
+    ));
     if !took.is_empty() {
-        let c = Samples::from_secs(&took.iter().map(|m| m / 1e3).collect::<Vec<_>>());
-        f.rows
-            .push(Row::plain("hook's own time (plugin log took_ms)", &c));
+        f.rows.push(Row::plain(
+            "hook's own time (plugin log took_ms)",
+            &Samples::new(took),
+        ));
     }
-    f.met = Some(hooks.len() == n && start_errors.is_empty() && timeouts.is_empty());
+    f.checks = targets::burst(n, hooks.len(), start_errors.len(), timeouts.len());
     f.lines.push(format!(
-        "{n} distroless containers in {pods_n} pods of {per_pod}, created beforehand, then {n} concurrent CRI StartContainer calls (all answered after {:.0} ms). Hook: `/testapp write /shared/done {{now}} TAG` (a bind mount). Hooks that ran: {} of {n}; hooks the plugin reported failed: {failed}; StartContainer errors: {}; NRI timeout lines in containerd's log: {}. Why {n}: {}",
-        all_started.as_secs_f64() * 1e3,
+        "{n} distroless containers in {pods_n} pods of {per_pod}, created beforehand, then {n} concurrent CRI StartContainer calls (all answered after {}). Hook: `/testapp write /shared/done {{now}} TAG` (a bind mount). Hooks that ran: {} of {n} ({early} finished before their StartContainer reply arrived: counted as 0 in the second row); hooks the plugin reported failed: {failed}; StartContainer errors: {}; NRI timeout lines in containerd's log: {}. Why {n}: {}",
+        all_started.text(),
         hooks.len(),
         start_errors.len(),
         timeouts.len(),

@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
@@ -49,8 +50,9 @@ pub struct Generation {
     pub events: usize,
     pub total_ns: u64,
     pub lat_ns: Vec<u64>,
-    pub rss_idle_kib: u64,
-    pub rss_tracked_kib: u64,
+    /// None when the probe did not report it.
+    pub rss_idle_kib: Option<u64>,
+    pub rss_tracked_kib: Option<u64>,
     pub tracked: usize,
     pub tracked_socket_dirs: usize,
 }
@@ -90,8 +92,8 @@ pub fn events(
                 .as_array()
                 .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
                 .unwrap_or_default(),
-            rss_idle_kib: u("rss_idle_kib"),
-            rss_tracked_kib: u("rss_tracked_kib"),
+            rss_idle_kib: v["rss_idle_kib"].as_u64().filter(|k| *k > 0),
+            rss_tracked_kib: v["rss_tracked_kib"].as_u64().filter(|k| *k > 0),
             tracked: u("tracked") as usize,
             tracked_socket_dirs: u("tracked_socket_dirs") as usize,
         });
@@ -135,12 +137,12 @@ impl Hooks {
         Ok(answer.trim_end().to_string())
     }
 
-    /// "ok NANOS" → seconds; "err NANOS REASON" → error.
-    fn timed(&mut self, line: &str) -> anyhow::Result<f64> {
+    /// "ok NANOS" → the duration; "err NANOS REASON" → error.
+    fn timed(&mut self, line: &str) -> anyhow::Result<Duration> {
         let a = self.ask(line)?;
         let mut w = a.splitn(3, ' ');
         match (w.next(), w.next()) {
-            (Some("ok"), Some(ns)) => Ok(ns.parse::<f64>().context("nanoseconds")? / 1e9),
+            (Some("ok"), Some(ns)) => Ok(Duration::from_nanos(ns.parse().context("nanoseconds")?)),
             _ => bail!("{}", a.splitn(3, ' ').nth(2).unwrap_or(&a)),
         }
     }
@@ -153,15 +155,15 @@ impl Hooks {
         Ok(())
     }
 
-    pub fn exec(&mut self, cmd: &[&str]) -> anyhow::Result<f64> {
+    pub fn exec(&mut self, cmd: &[&str]) -> anyhow::Result<Duration> {
         self.timed(&format!("exec {}", cmd.join(" ")))
     }
 
-    pub fn http(&mut self, port: u16, path: &str) -> anyhow::Result<f64> {
+    pub fn http(&mut self, port: u16, path: &str) -> anyhow::Result<Duration> {
         self.timed(&format!("http {port} {path}"))
     }
 
-    pub fn plain(&mut self, ip: &str, port: u16, path: &str) -> anyhow::Result<f64> {
+    pub fn plain(&mut self, ip: &str, port: u16, path: &str) -> anyhow::Result<Duration> {
         self.timed(&format!("plain {ip} {port} {path}"))
     }
 }
