@@ -868,7 +868,7 @@ async fn burst(v: Version, opts: &Opts, on: &Node, rep: &mut Report) -> anyhow::
         hooks.len(),
         start_errors.len(),
         timeouts.len(),
-        if n >= 100 { "the figure the issue asks for; it fits in this machine's 2 cores (one shim per pod, 10 pods)." } else { "reduced on the command line." }
+        if n >= 100 { "the full burst; it fits in this machine's 2 cores (one shim per pod, 10 pods)." } else { "reduced on the command line." }
     ));
     if let Some(e) = start_errors.first() {
         f.lines.push(format!("first StartContainer error: {e}"));
