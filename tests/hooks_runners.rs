@@ -22,6 +22,8 @@ use nri_lifecycle::hooks::{run_hook, Limits, Outcome, Target};
 use nri_lifecycle::model::ProcessSpec;
 
 const POD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+/// A second address inside the container's network namespace that is not the pod's.
+const OTHER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
 const APPLETS: &[&str] = &[
     "sh", "sleep", "cat", "echo", "ls", "pwd", "env", "yes", "head", "mount", "hostname", "ip",
     "true", "false", "touch", "id", "setsid",
@@ -111,7 +113,7 @@ impl Container {
             .map(|d| format!("echo $$ > {}/cgroup.procs && ", d.display()))
             .collect();
         let inner = "mount -t proc proc /proc && hostname box && ip link set lo up && \
-            ip addr add 192.0.2.10/32 dev lo && \
+            ip addr add 192.0.2.10/32 dev lo && ip addr add 192.0.2.20/32 dev lo && \
             exec env -i PATH=/usr/local/bin:/bin FOO=bar HOME=/home/app \
             /usr/bin/setpriv --reuid 1000 --regid 1000 --groups 1000,2000 \
             --bounding-set -all,+kill,+net_bind_service,+chown \
@@ -376,9 +378,14 @@ async fn sleep_zero_succeeds() {
         .is_success());
 }
 
-/// A tiny HTTP server listening inside the container's network namespace.
-/// Answers `count` connections; records the request heads.
+/// A tiny HTTP server listening on the pod's address inside the container's network
+/// namespace. Answers `count` connections; records the request heads.
 fn serve_in(netns_pid: u32, port: u16, count: usize) -> Arc<Mutex<Vec<String>>> {
+    serve_on(netns_pid, POD_IP, port, count)
+}
+
+/// [`serve_in`] on another address of the namespace.
+fn serve_on(netns_pid: u32, addr: Ipv4Addr, port: u16, count: usize) -> Arc<Mutex<Vec<String>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&seen);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -391,7 +398,7 @@ fn serve_in(netns_pid: u32, port: u16, count: usize) -> Arc<Mutex<Vec<String>>> 
             unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
             0
         );
-        let listener = TcpListener::bind((POD_IP, port)).unwrap();
+        let listener = TcpListener::bind((addr, port)).unwrap();
         tx.send(()).unwrap();
         for _ in 0..count {
             let (mut s, _) = listener.accept().unwrap();
@@ -527,6 +534,24 @@ async fn tcp_socket_from_inside_the_pod() {
         run_hook(&lo, &t, &Limits::default()).await,
         Outcome::Failed { .. }
     ));
+    // an address that is not the pod's is reached only when the config allows it
+    let _other = serve_on(c.init, OTHER_IP, 8083, 1);
+    let other = HookSpec {
+        action: Action::TcpSocket {
+            host: Some(OTHER_IP.to_string()),
+            port: 8083,
+        },
+        ..exec(&[])
+    };
+    match run_hook(&other, &t, &Limits::default()).await {
+        Outcome::Failed { reason } => assert!(reason.contains("neither"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let allowed = Limits {
+        allowed_hosts: vec![IpAddr::V4(OTHER_IP)],
+        ..Limits::default()
+    };
+    assert!(run_hook(&other, &t, &allowed).await.is_success());
 }
 
 /// An HTTPS server with a self-signed certificate inside the container's network namespace:

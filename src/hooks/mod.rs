@@ -8,6 +8,7 @@ mod exec;
 mod http;
 mod net;
 mod output;
+pub mod reach;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -36,8 +37,6 @@ pub enum Error {
     HostRefused { host: String },
     #[error("no address known for pod of container {container}")]
     NoPodIp { container: String },
-    #[error("resolving host {host:?}: {reason}")]
-    Resolve { host: String, reason: String },
     #[error("connecting to {addr}: {source}")]
     Connect {
         addr: std::net::SocketAddr,
@@ -71,7 +70,8 @@ pub struct Target {
 pub struct Limits {
     /// Used when the hook has no `timeoutSeconds`.
     pub default_timeout: Duration,
-    /// Hosts httpGet/tcpSocket may reach besides the pod's own addresses and loopback.
+    /// Addresses httpGet/tcpSocket may reach besides the pod's own and loopback (the plugin
+    /// config's `allowed_hosts`; see [`reach`]).
     pub allowed_hosts: Vec<IpAddr>,
 }
 

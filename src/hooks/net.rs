@@ -1,11 +1,11 @@
 //! tcpSocket, and choosing/connecting the address httpGet and tcpSocket talk to.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::{Error, Limits, Outcome, Target};
+use super::{reach, Error, Limits, Outcome, Target};
 use crate::ns::netsock;
 use crate::ns::pidfd::PidFd;
 
@@ -27,14 +27,17 @@ pub(super) fn netns_path(target: &Target) -> Result<PathBuf, Error> {
     Ok(PathBuf::from(format!("/proc/{pid}/ns/net")))
 }
 
-/// The address to connect to: the pod's own IP by default; another host only when it is one
-/// of the pod's addresses, loopback, or allowed by the config.
+/// The address to connect to, by the rule in [`reach`]: the pod's own IP by default; another
+/// host only when it is one of the pod's addresses, loopback, or allowed by the config.
 pub(super) async fn choose_addr(
     host: Option<&str>,
-    port: u16,
     target: &Target,
     limits: &Limits,
 ) -> Result<IpAddr, Error> {
+    let refused = || Error::HostRefused {
+        host: host.unwrap_or_default().to_string(),
+    };
+    let host = reach::parse_host(host).map_err(|_| refused())?;
     let pod_ips = if target.pod_ips.is_empty() {
         netsock::addresses(&netns_path(target)?)
             .await
@@ -45,40 +48,12 @@ pub(super) async fn choose_addr(
     } else {
         target.pod_ips.clone()
     };
-    let Some(host) = host.filter(|h| !h.is_empty()) else {
-        return pod_ips.first().copied().ok_or_else(|| Error::NoPodIp {
+    reach::address(host, &pod_ips, &limits.allowed_hosts).map_err(|e| match e {
+        reach::Unreachable::NoPodAddress => Error::NoPodIp {
             container: target.container_id.clone(),
-        });
-    };
-    let literal = host.trim_start_matches('[').trim_end_matches(']');
-    let ip = if let Ok(ip) = literal.parse::<IpAddr>() {
-        ip
-    } else if host.eq_ignore_ascii_case("localhost") {
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
-    } else if false {
-        let mut found =
-            tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|e| Error::Resolve {
-                    host: host.to_string(),
-                    reason: e.to_string(),
-                })?;
-        found.next().map(|a| a.ip()).ok_or_else(|| Error::Resolve {
-            host: host.to_string(),
-            reason: "no address".into(),
-        })?
-    } else {
-        return Err(Error::HostRefused {
-            host: host.to_string(),
-        });
-    };
-    if ip.is_loopback() || pod_ips.contains(&ip) || limits.allowed_hosts.contains(&ip) {
-        Ok(ip)
-    } else {
-        Err(Error::HostRefused {
-            host: host.to_string(),
-        })
-    }
+        },
+        reach::Unreachable::Refused(_) => refused(),
+    })
 }
 
 /// Connects to `addr` from a socket created inside the pod's network namespace.
@@ -127,7 +102,7 @@ pub(super) async fn tcp(
     limits: &Limits,
 ) -> Outcome {
     let result = async {
-        let ip = choose_addr(host, port, target, limits).await?;
+        let ip = choose_addr(host, target, limits).await?;
         connect_in_pod(target, SocketAddr::new(ip, port)).await
     }
     .await;
