@@ -45,15 +45,9 @@ async fn pump(
         }
     };
     tokio::pin!(sleep);
-    // Wait on a pidfd of the helper (our own child, so its PID cannot be recycled before we
-    // reap it): epoll readiness, with no dependence on SIGCHLD delivery to the runtime.
-    let helper = child.id().and_then(|pid| PidFd::open(pid).ok());
-    let exited = async {
-        if let Some(h) = &helper {
-            let _ = h.exited().await;
-        }
-        child.wait().await
-    };
+    // tokio waits for its children on a pidfd it gets when it spawns them: epoll readiness,
+    // with no dependence on SIGCHLD delivery to the runtime.
+    let exited = child.wait();
     tokio::pin!(exited);
     let status = loop {
         tokio::select! {

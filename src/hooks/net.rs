@@ -1,30 +1,26 @@
 //! tcpSocket, and choosing/connecting the address httpGet and tcpSocket talk to.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 
 use tokio::net::{TcpSocket, TcpStream};
 
 use super::{reach, Error, Limits, Outcome, Target};
-use crate::ns::netsock;
-use crate::ns::pidfd::PidFd;
+use crate::ns::netsock::{self, Netns};
 
-/// The pod's network namespace: the runtime's path, else the sandbox's, else the container's.
-pub(super) fn netns_path(target: &Target) -> Result<PathBuf, Error> {
-    if let Some(p) = &target.pod_netns {
-        return Ok(p.clone());
-    }
-    let pid = if target.pod_pid != 0 {
-        target.pod_pid
-    } else {
-        target.init.as_ref().map_or(0, |p| p.pid())
+/// The pod's network namespace: the runtime's path, else the container's own, entered through
+/// its init's pidfd (see [`Target::pod_netns`]).
+pub(super) fn pod_netns(target: &Target) -> Result<Netns, Error> {
+    let ns_err = |source| Error::Ns {
+        container: target.container_id.clone(),
+        source,
     };
-    if pid == 0 {
-        return Err(Error::NoPodIp {
+    match (&target.pod_netns, &target.init) {
+        (Some(path), _) => Netns::open(path).map_err(ns_err),
+        (None, Some(init)) => Netns::of(init).map_err(ns_err),
+        (None, None) => Err(Error::NoPodIp {
             container: target.container_id.clone(),
-        });
+        }),
     }
-    Ok(PathBuf::from(format!("/proc/{pid}/ns/net")))
 }
 
 /// The address to connect to, by the rule in [`reach`]: the pod's own IP by default; another
@@ -39,7 +35,7 @@ pub(super) async fn choose_addr(
     };
     let host = reach::parse_host(host).map_err(|_| refused())?;
     let pod_ips = if target.pod_ips.is_empty() {
-        netsock::addresses(&netns_path(target)?)
+        netsock::addresses(pod_netns(target)?)
             .await
             .map_err(|source| Error::Ns {
                 container: target.container_id.clone(),
@@ -58,36 +54,12 @@ pub(super) async fn choose_addr(
 
 /// Connects to `addr` from a socket created inside the pod's network namespace.
 pub(super) async fn connect_in_pod(target: &Target, addr: SocketAddr) -> Result<TcpStream, Error> {
-    let path = netns_path(target)?;
-    // When the namespace is named through a PID, hold that process so the namespace we
-    // entered is known to be its own (not a recycled PID's).
-    let holder = if target.pod_netns.is_none() {
-        let pid = if target.pod_pid != 0 {
-            target.pod_pid
-        } else {
-            target.init.as_ref().map_or(0, |p| p.pid())
-        };
-        Some(PidFd::open(pid).map_err(|source| Error::Ns {
-            container: target.container_id.clone(),
-            source,
-        })?)
-    } else {
-        None
-    };
-    let sock = netsock::tcp_socket(&path, addr.is_ipv6())
+    let sock = netsock::tcp_socket(pod_netns(target)?, addr.is_ipv6())
         .await
         .map_err(|source| Error::Ns {
             container: target.container_id.clone(),
             source,
         })?;
-    if let Some(h) = &holder {
-        if !h.is_alive() {
-            return Err(Error::Ns {
-                container: target.container_id.clone(),
-                source: crate::ns::Error::ProcessGone { pid: h.pid() },
-            });
-        }
-    }
     let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(sock.socket));
     socket
         .connect(addr)
