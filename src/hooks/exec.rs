@@ -9,9 +9,7 @@ use tokio::time::Instant;
 
 use super::output::Tail;
 use super::{Error, Outcome, Target};
-use crate::ns::enter::{self, Ended};
-use crate::ns::identity::{cgroup_dirs, Identity};
-use crate::ns::namespace::{differing, NsKind};
+use crate::ns::enter::{self, Ended, Plan};
 use crate::ns::pidfd::PidFd;
 use crate::ns::sys::RealSys;
 
@@ -74,24 +72,14 @@ pub(super) async fn run(
     pidfd: &PidFd,
     deadline: Instant,
 ) -> Outcome {
-    let sys = RealSys;
-    let pid = pidfd.pid();
-    let enter = match differing(&sys, pid) {
-        Ok(k) => k,
-        Err(e) => return ns_failure(target, pidfd, e),
-    };
-    let identity = match Identity::resolve(
-        &sys,
-        pid,
+    let plan = match Plan::gather(
+        &RealSys,
+        pidfd.pid(),
         target.process.as_ref(),
         target.bundle.as_deref(),
-        enter.contains(&NsKind::User),
+        argv,
     ) {
-        Ok(i) => i,
-        Err(e) => return ns_failure(target, pidfd, e),
-    };
-    let dirs = match cgroup_dirs(&sys, pid, &identity.cgroups) {
-        Ok(d) => d,
+        Ok(p) => p,
         Err(e) => return ns_failure(target, pidfd, e),
     };
     let (reader, writer) = match std::io::pipe() {
@@ -118,16 +106,16 @@ pub(super) async fn run(
             }
         }
     };
-    let mut running =
-        match enter::spawn(pidfd, &identity, &dirs, &enter, argv, OwnedFd::from(writer)) {
-            Ok(r) => r,
-            Err(e) => return ns_failure(target, pidfd, e),
-        };
+    let (pid, namespaces, source) = (plan.pid, plan.namespaces.clone(), plan.source);
+    let mut running = match enter::spawn(pidfd, plan, OwnedFd::from(writer)) {
+        Ok(r) => r,
+        Err(e) => return ns_failure(target, pidfd, e),
+    };
     tracing::debug!(
         container = %target.container_id,
         pid,
-        namespaces = ?enter,
-        source = ?identity.source,
+        ?namespaces,
+        ?source,
         "exec hook started"
     );
     let mut tail = Tail::default();
