@@ -70,9 +70,10 @@ pub struct HookSpec {
 }
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use serde::Deserialize;
+
+use crate::hooks::reach;
 
 /// Annotation key prefix of PostStart hooks.
 pub const POST_START_PREFIX: &str = "poststart.lifecycle.nri.io/";
@@ -522,20 +523,17 @@ fn check_port(
     }
 }
 
+/// A hook's `host`: empty (the pod's address, stored as `None`), `localhost` or an IP address,
+/// by the rule in [`reach`].
 fn check_host(
     key: &str,
     field: &str,
     host: Option<String>,
 ) -> Result<Option<String>, AnnotationError> {
-    match host {
-        None => Ok(None),
-        Some(h) if h.is_empty() => Ok(None),
-        Some(h) if h == "localhost" || h.parse::<IpAddr>().is_ok() => Ok(Some(h)),
-        Some(h) => Err(AnnotationError::field(
-            key,
-            field,
-            format!("{h:?} is not an IP address or \"localhost\" (host names are not resolved)"),
-        )),
+    match reach::parse_host(host.as_deref()) {
+        Ok(reach::Host::Pod) => Ok(None),
+        Ok(reach::Host::Addr(_)) => Ok(host),
+        Err(e) => Err(AnnotationError::field(key, field, e)),
     }
 }
 

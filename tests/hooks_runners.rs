@@ -20,8 +20,11 @@ use std::time::Duration;
 use nri_lifecycle::annotations::{Action, HookSpec, HttpGet, Phase, Scheme};
 use nri_lifecycle::hooks::{run_hook, Limits, Outcome, Target};
 use nri_lifecycle::model::ProcessSpec;
+use nri_lifecycle::ns::pidfd::PidFd;
 
 const POD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+/// A second address inside the container's network namespace that is not the pod's.
+const OTHER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
 const APPLETS: &[&str] = &[
     "sh", "sleep", "cat", "echo", "ls", "pwd", "env", "yes", "head", "mount", "hostname", "ip",
     "true", "false", "touch", "id", "setsid",
@@ -41,6 +44,8 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 struct Container {
     unshare: Child,
     init: u32,
+    /// The init process, held from the moment it said it is ready.
+    init_fd: Arc<PidFd>,
     _root: tempfile::TempDir,
     root_path: PathBuf,
     cgroups: Vec<PathBuf>,
@@ -111,7 +116,7 @@ impl Container {
             .map(|d| format!("echo $$ > {}/cgroup.procs && ", d.display()))
             .collect();
         let inner = "mount -t proc proc /proc && hostname box && ip link set lo up && \
-            ip addr add 192.0.2.10/32 dev lo && \
+            ip addr add 192.0.2.10/32 dev lo && ip addr add 192.0.2.20/32 dev lo && \
             exec env -i PATH=/usr/local/bin:/bin FOO=bar HOME=/home/app \
             /usr/bin/setpriv --reuid 1000 --regid 1000 --groups 1000,2000 \
             --bounding-set -all,+kill,+net_bind_service,+chown \
@@ -136,9 +141,13 @@ impl Container {
         let children =
             std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.id())).unwrap();
         let init: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+        // init is a child of `unshare`, which waits for it: it cannot have been reaped (and
+        // its PID reused) before this pidfd is open.
+        let init_fd = Arc::new(PidFd::open(init).unwrap());
         Container {
             unshare,
             init,
+            init_fd,
             root_path: r,
             _root: root,
             cgroups,
@@ -148,18 +157,15 @@ impl Container {
     fn target(&self) -> Target {
         Target {
             container_id: "c1".into(),
-            init: Some(std::sync::Arc::new(
-                nri_lifecycle::ns::pidfd::PidFd::open(self.init).unwrap(),
-            )),
+            init: Some(Arc::clone(&self.init_fd)),
             pod_ips: vec![IpAddr::V4(POD_IP)],
             ..Default::default()
         }
     }
 
     fn kill(&mut self) {
-        // SAFETY: SIGKILL to the init process this test started (it is still our
-        // descendant: the unshare child has not been reaped).
-        unsafe { libc::kill(self.init as i32, libc::SIGKILL) };
+        // Through the pidfd: once init is gone its PID may belong to anyone.
+        let _ = self.init_fd.send_signal(libc::SIGKILL);
         let _ = self.unshare.wait();
     }
 
@@ -310,10 +316,10 @@ async fn entering_failure_runs_nothing() {
 
     // a process that is gone cannot be entered: the container is reported gone
     let mut gone = Command::new("/bin/true").spawn().unwrap();
-    let dead = nri_lifecycle::ns::pidfd::PidFd::open(gone.id()).unwrap();
+    let dead = Arc::new(PidFd::open(gone.id()).unwrap());
     gone.wait().unwrap();
     let t = Target {
-        init: Some(std::sync::Arc::new(dead)),
+        init: Some(dead),
         ..c.target()
     };
     assert_eq!(
@@ -321,6 +327,94 @@ async fn entering_failure_runs_nothing() {
         Outcome::ContainerGone
     );
     assert!(!Path::new(&marker).exists());
+}
+
+/// A host process (`sleep`) started with exactly PID `pid` (clone3 with `set_tid`, which
+/// needs root), held by a pidfd. Returns its pidfd and PID.
+fn sleep_with_pid(pid: u32) -> (std::os::fd::OwnedFd, libc::pid_t) {
+    use std::os::fd::FromRawFd;
+    /// `struct clone_args` up to `set_tid_size` (CLONE_ARGS_SIZE_VER1).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+    }
+    let tid = [pid as libc::pid_t];
+    let mut pidfd: libc::c_int = -1;
+    let args = CloneArgs {
+        flags: libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    let argv = [c"sleep".as_ptr(), c"1000".as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null::<libc::c_char>()];
+    // SAFETY: clone3 with a valid, correctly sized clone_args; the child only calls execve
+    // and _exit on data prepared before the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if rc == 0 {
+        // SAFETY: in the child: exec or leave at once.
+        unsafe {
+            libc::execve(c"/bin/sleep".as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    assert!(
+        rc > 0,
+        "clone3 with PID {pid}: {}",
+        std::io::Error::last_os_error()
+    );
+    assert_eq!(rc, pid as i64);
+    // SAFETY: CLONE_PIDFD stored a new pidfd that nobody else owns.
+    (
+        unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd) },
+        rc as libc::pid_t,
+    )
+}
+
+#[tokio::test]
+async fn exec_hook_never_enters_a_process_that_reused_the_pid() {
+    let mut c = Container::start();
+    let t = c.target();
+    let pid = c.init;
+    c.kill();
+    // The container's init is gone and reaped; another process now has its PID.
+    let (newcomer, newcomer_pid) = sleep_with_pid(pid);
+    let marker = format!("/nrilc-reused-{}", std::process::id());
+    let outcome = run_hook(&exec(&["touch", &marker]), &t, &Limits::default()).await;
+    let ran = Path::new(&marker).exists();
+    let _ = std::fs::remove_file(&marker);
+    // SAFETY: pidfd_send_signal on our own pidfd; then reap our own child.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            newcomer.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        );
+        libc::waitpid(newcomer_pid, std::ptr::null_mut(), 0);
+    }
+    assert!(!ran, "the hook ran in the process that reused PID {pid}");
+    assert_eq!(outcome, Outcome::ContainerGone);
 }
 
 #[tokio::test]
@@ -376,9 +470,14 @@ async fn sleep_zero_succeeds() {
         .is_success());
 }
 
-/// A tiny HTTP server listening inside the container's network namespace.
-/// Answers `count` connections; records the request heads.
+/// A tiny HTTP server listening on the pod's address inside the container's network
+/// namespace. Answers `count` connections; records the request heads.
 fn serve_in(netns_pid: u32, port: u16, count: usize) -> Arc<Mutex<Vec<String>>> {
+    serve_on(netns_pid, POD_IP, port, count)
+}
+
+/// [`serve_in`] on another address of the namespace.
+fn serve_on(netns_pid: u32, addr: Ipv4Addr, port: u16, count: usize) -> Arc<Mutex<Vec<String>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&seen);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -391,7 +490,7 @@ fn serve_in(netns_pid: u32, port: u16, count: usize) -> Arc<Mutex<Vec<String>>> 
             unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
             0
         );
-        let listener = TcpListener::bind((POD_IP, port)).unwrap();
+        let listener = TcpListener::bind((addr, port)).unwrap();
         tx.send(()).unwrap();
         for _ in 0..count {
             let (mut s, _) = listener.accept().unwrap();
@@ -527,6 +626,24 @@ async fn tcp_socket_from_inside_the_pod() {
         run_hook(&lo, &t, &Limits::default()).await,
         Outcome::Failed { .. }
     ));
+    // an address that is not the pod's is reached only when the config allows it
+    let _other = serve_on(c.init, OTHER_IP, 8083, 1);
+    let other = HookSpec {
+        action: Action::TcpSocket {
+            host: Some(OTHER_IP.to_string()),
+            port: 8083,
+        },
+        ..exec(&[])
+    };
+    match run_hook(&other, &t, &Limits::default()).await {
+        Outcome::Failed { reason } => assert!(reason.contains("neither"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let allowed = Limits {
+        allowed_hosts: vec![IpAddr::V4(OTHER_IP)],
+        ..Limits::default()
+    };
+    assert!(run_hook(&other, &t, &allowed).await.is_success());
 }
 
 /// An HTTPS server with a self-signed certificate inside the container's network namespace:

@@ -742,7 +742,6 @@ fn event_target(effects: &dyn Effects, t: &Tracked) -> hooks::Target {
         bundle: effects.bundle(&t.container.id),
         pod_ips: t.pod.ips.clone(),
         pod_netns: t.pod.netns_path().map(Into::into),
-        pod_pid: t.pod.pid,
     }
 }
 

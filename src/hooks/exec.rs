@@ -9,9 +9,7 @@ use tokio::time::Instant;
 
 use super::output::Tail;
 use super::{Error, Outcome, Target};
-use crate::ns::enter::{self, Ended};
-use crate::ns::identity::{cgroup_dirs, Identity};
-use crate::ns::namespace::{differing, NsKind};
+use crate::ns::enter::{self, Ended, Plan};
 use crate::ns::pidfd::PidFd;
 use crate::ns::sys::RealSys;
 
@@ -45,15 +43,9 @@ async fn pump(
         }
     };
     tokio::pin!(sleep);
-    // Wait on a pidfd of the helper (our own child, so its PID cannot be recycled before we
-    // reap it): epoll readiness, with no dependence on SIGCHLD delivery to the runtime.
-    let helper = child.id().and_then(|pid| PidFd::open(pid).ok());
-    let exited = async {
-        if let Some(h) = &helper {
-            let _ = h.exited().await;
-        }
-        child.wait().await
-    };
+    // tokio waits for its children on a pidfd it gets when it spawns them: epoll readiness,
+    // with no dependence on SIGCHLD delivery to the runtime.
+    let exited = child.wait();
     tokio::pin!(exited);
     let status = loop {
         tokio::select! {
@@ -80,24 +72,14 @@ pub(super) async fn run(
     pidfd: &PidFd,
     deadline: Instant,
 ) -> Outcome {
-    let sys = RealSys;
-    let pid = pidfd.pid();
-    let enter = match differing(&sys, pid) {
-        Ok(k) => k,
-        Err(e) => return ns_failure(target, pidfd, e),
-    };
-    let identity = match Identity::resolve(
-        &sys,
-        pid,
+    let plan = match Plan::gather(
+        &RealSys,
+        pidfd.pid(),
         target.process.as_ref(),
         target.bundle.as_deref(),
-        enter.contains(&NsKind::User),
+        argv,
     ) {
-        Ok(i) => i,
-        Err(e) => return ns_failure(target, pidfd, e),
-    };
-    let dirs = match cgroup_dirs(&sys, pid, &identity.cgroups) {
-        Ok(d) => d,
+        Ok(p) => p,
         Err(e) => return ns_failure(target, pidfd, e),
     };
     let (reader, writer) = match std::io::pipe() {
@@ -124,16 +106,16 @@ pub(super) async fn run(
             }
         }
     };
-    let mut running =
-        match enter::spawn(pidfd, &identity, &dirs, &enter, argv, OwnedFd::from(writer)) {
-            Ok(r) => r,
-            Err(e) => return ns_failure(target, pidfd, e),
-        };
+    let (pid, namespaces, source) = (plan.pid, plan.namespaces.clone(), plan.source);
+    let mut running = match enter::spawn(pidfd, plan, OwnedFd::from(writer)) {
+        Ok(r) => r,
+        Err(e) => return ns_failure(target, pidfd, e),
+    };
     tracing::debug!(
         container = %target.container_id,
         pid,
-        namespaces = ?enter,
-        source = ?identity.source,
+        ?namespaces,
+        ?source,
         "exec hook started"
     );
     let mut tail = Tail::default();

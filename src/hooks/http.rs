@@ -160,7 +160,7 @@ pub(super) async fn run(get: &HttpGet, target: &Target, limits: &Limits) -> Outc
 }
 
 async fn fetch(get: &HttpGet, target: &Target, limits: &Limits) -> Result<(String, Answer), Error> {
-    let ip = choose_addr(get.host.as_deref(), get.port, target, limits).await?;
+    let ip = choose_addr(get.host.as_deref(), target, limits).await?;
     let host_name = get
         .host
         .clone()

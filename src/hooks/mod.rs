@@ -8,9 +8,11 @@ mod exec;
 mod http;
 mod net;
 mod output;
+pub mod reach;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::annotations::{Action, HookSpec};
@@ -36,8 +38,6 @@ pub enum Error {
     HostRefused { host: String },
     #[error("no address known for pod of container {container}")]
     NoPodIp { container: String },
-    #[error("resolving host {host:?}: {reason}")]
-    Resolve { host: String, reason: String },
     #[error("connecting to {addr}: {source}")]
     Connect {
         addr: std::net::SocketAddr,
@@ -48,22 +48,27 @@ pub enum Error {
 }
 
 /// The container a hook runs for.
+///
+/// Processes are held as pidfds, never named by PID: a PID may be given to another process
+/// as soon as its owner has exited, a pidfd never is.
 #[derive(Debug, Clone, Default)]
 pub struct Target {
     pub container_id: String,
     /// The container's init process, held since the plugin first saw it (`None` when unknown:
-    /// only httpGet/tcpSocket/sleep can run).
-    pub init: Option<std::sync::Arc<PidFd>>,
+    /// exec hooks cannot run, httpGet/tcpSocket only with `pod_netns`). When it has exited,
+    /// every hook ends as [`Outcome::ContainerGone`].
+    pub init: Option<Arc<PidFd>>,
     /// The container's process spec as the runtime sent it.
     pub process: Option<ProcessSpec>,
     /// The container's OCI bundle directory (its `config.json` is the second source).
     pub bundle: Option<PathBuf>,
     /// The pod's IPs as the runtime sent them (empty: read from the pod's network namespace).
     pub pod_ips: Vec<IpAddr>,
-    /// Path of the pod's network namespace, when the runtime sent it.
+    /// Path of the pod's network namespace, when the runtime sent it. Without it the
+    /// namespace is `init`'s own, which every container of a pod shares with the pod's
+    /// sandbox. (The sandbox's PID is not used: no pidfd of the sandbox is held, and one
+    /// opened from its PID when a hook runs could name another process.)
     pub pod_netns: Option<PathBuf>,
-    /// PID of the pod's sandbox process (0 when unknown).
-    pub pod_pid: u32,
 }
 
 /// Bounds and permissions of one hook run.
@@ -71,7 +76,8 @@ pub struct Target {
 pub struct Limits {
     /// Used when the hook has no `timeoutSeconds`.
     pub default_timeout: Duration,
-    /// Hosts httpGet/tcpSocket may reach besides the pod's own addresses and loopback.
+    /// Addresses httpGet/tcpSocket may reach besides the pod's own and loopback (the plugin
+    /// config's `allowed_hosts`; see [`reach`]).
     pub allowed_hosts: Vec<IpAddr>,
 }
 
@@ -107,13 +113,13 @@ impl Outcome {
 pub async fn run_hook(spec: &HookSpec, target: &Target, limits: &Limits) -> Outcome {
     let timeout = spec.timeout.unwrap_or(limits.default_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
-    let container = target.init.as_deref();
-    if container.is_some_and(|p| !p.is_alive()) {
+    let init = target.init.as_deref();
+    if init.is_some_and(|p| !p.is_alive()) {
         return Outcome::ContainerGone;
     }
     let run = async {
         match &spec.action {
-            Action::Exec { command } => match container {
+            Action::Exec { command } => match init {
                 Some(pidfd) => exec::run(command, target, pidfd, deadline).await,
                 None => Outcome::Failed {
                     reason: format!(
@@ -147,7 +153,7 @@ pub async fn run_hook(spec: &HookSpec, target: &Target, limits: &Limits) -> Outc
             }
         }
     };
-    let outcome = match container {
+    let outcome = match init {
         Some(pidfd) => {
             tokio::select! {
                 outcome = run => outcome,
@@ -157,7 +163,7 @@ pub async fn run_hook(spec: &HookSpec, target: &Target, limits: &Limits) -> Outc
         None => run.await,
     };
     // A failure seen while the container was dying is the container's end, not the hook's.
-    match (&outcome, container) {
+    match (&outcome, init) {
         (Outcome::Failed { .. } | Outcome::TimedOut { .. }, Some(p)) if !p.is_alive() => {
             Outcome::ContainerGone
         }

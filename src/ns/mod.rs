@@ -53,8 +53,8 @@ pub enum Error {
     },
     #[error("invalid argument for container of pid {pid}: {reason}")]
     Invalid { pid: u32, reason: String },
-    #[error("network namespace {path}: {reason}")]
-    Netns { path: PathBuf, reason: String },
+    #[error("network namespace {netns}: {reason}")]
+    Netns { netns: String, reason: String },
 }
 
 impl Error {

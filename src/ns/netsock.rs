@@ -7,10 +7,11 @@
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{mpsc, Mutex};
 
 use super::namespace::{NsHandle, NsKind};
+use super::pidfd::PidFd;
 use super::Error;
 
 /// What the namespace thread hands back.
@@ -20,9 +21,47 @@ pub struct NetnsSocket {
     pub socket: OwnedFd,
 }
 
-fn netns_err(path: &Path, reason: impl Into<String>) -> Error {
+/// A network namespace, held open: either a namespace file or a process's pidfd (`setns`
+/// takes both; through a pidfd it enters that very process's namespace, or fails with
+/// `ESRCH` once the process has exited, never a namespace of a process that reused its PID).
+#[derive(Debug)]
+pub struct Netns {
+    fd: OwnedFd,
+    /// How it was named, for messages.
+    name: String,
+}
+
+impl Netns {
+    /// A namespace file: a bind mount such as `/var/run/netns/<name>`, or `/proc/<pid>/ns/net`.
+    pub fn open(path: &Path) -> Result<Netns, Error> {
+        let handle = NsHandle::open(NsKind::Net, path)?;
+        Ok(Netns {
+            fd: handle.fd,
+            name: path.display().to_string(),
+        })
+    }
+
+    /// The network namespace of the process held by `process`.
+    pub fn of(process: &PidFd) -> Result<Netns, Error> {
+        let fd = process.try_clone_fd().map_err(|source| Error::Sys {
+            what: "dup pidfd",
+            source,
+        })?;
+        Ok(Netns {
+            fd,
+            name: format!("of process {}", process.pid()),
+        })
+    }
+
+    /// How it was named (a path, or `of process <pid>`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+fn netns_err(netns: &str, reason: impl Into<String>) -> Error {
     Error::Netns {
-        path: path.to_owned(),
+        netns: netns.to_string(),
         reason: reason.into(),
     }
 }
@@ -69,22 +108,21 @@ fn submit(job: Job) -> Result<(), String> {
 }
 
 fn in_netns<T: Send + 'static>(
-    netns: NsHandle,
-    path: PathBuf,
+    netns: Netns,
     work: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> tokio::sync::oneshot::Receiver<Result<T, Error>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let thread_path = path.clone();
+    let name = netns.name.clone();
     let job: Job = Box::new(move |home: &OwnedFd| {
-        // SAFETY: setns on a namespace fd we own, on the dedicated worker thread only.
+        // SAFETY: setns on a namespace fd or pidfd we own, on the dedicated worker thread only.
         let rc = unsafe { libc::setns(netns.fd.as_raw_fd(), libc::CLONE_NEWNET) };
         let result = if rc != 0 {
             Err(netns_err(
-                &thread_path,
+                &netns.name,
                 format!("setns: {}", std::io::Error::last_os_error()),
             ))
         } else {
-            work().map_err(|r| netns_err(&thread_path, r))
+            work().map_err(|r| netns_err(&netns.name, r))
         };
         // SAFETY: as above; `home` is the namespace this thread started in.
         let back = unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } == 0;
@@ -93,7 +131,7 @@ fn in_netns<T: Send + 'static>(
     });
     if let Err(reason) = submit(job) {
         let (tx, rx2) = tokio::sync::oneshot::channel();
-        let _ = tx.send(Err(netns_err(&path, reason)));
+        let _ = tx.send(Err(netns_err(&name, reason)));
         return rx2;
     }
     rx
@@ -101,16 +139,16 @@ fn in_netns<T: Send + 'static>(
 
 async fn recv<T>(
     rx: tokio::sync::oneshot::Receiver<Result<T, Error>>,
-    path: &Path,
+    netns: &str,
 ) -> Result<T, Error> {
     rx.await
-        .map_err(|_| netns_err(path, "namespace thread ended without an answer"))?
+        .map_err(|_| netns_err(netns, "namespace thread ended without an answer"))?
 }
 
-/// Creates a TCP socket for `family` inside the network namespace at `path`.
-pub async fn tcp_socket(path: &Path, v6: bool) -> Result<NetnsSocket, Error> {
-    let handle = NsHandle::open(NsKind::Net, path)?;
-    let rx = in_netns(handle, path.to_owned(), move || {
+/// Creates a TCP socket (IPv6 when `v6`, else IPv4) inside `netns`.
+pub async fn tcp_socket(netns: Netns, v6: bool) -> Result<NetnsSocket, Error> {
+    let name = netns.name.clone();
+    let rx = in_netns(netns, move || {
         let domain = if v6 { libc::AF_INET6 } else { libc::AF_INET };
         // SAFETY: socket() returns a new fd or -1.
         let fd = unsafe {
@@ -128,13 +166,13 @@ pub async fn tcp_socket(path: &Path, v6: bool) -> Result<NetnsSocket, Error> {
             socket: unsafe { OwnedFd::from_raw_fd(fd) },
         })
     });
-    recv(rx, path).await
+    recv(rx, &name).await
 }
 
-/// The non-loopback addresses of the network namespace at `path` (IPv4 first).
-pub async fn addresses(path: &Path) -> Result<Vec<IpAddr>, Error> {
-    let handle = NsHandle::open(NsKind::Net, path)?;
-    let rx = in_netns(handle, path.to_owned(), || {
+/// The non-loopback addresses of `netns` (IPv4 first).
+pub async fn addresses(netns: Netns) -> Result<Vec<IpAddr>, Error> {
+    let name = netns.name.clone();
+    let rx = in_netns(netns, || {
         let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
         // SAFETY: getifaddrs fills a list we free below.
         if unsafe { libc::getifaddrs(&mut list) } != 0 {
@@ -166,7 +204,7 @@ pub async fn addresses(path: &Path) -> Result<Vec<IpAddr>, Error> {
         unsafe { libc::freeifaddrs(list) };
         Ok(out)
     });
-    let mut addrs: Vec<IpAddr> = recv(rx, path)
+    let mut addrs: Vec<IpAddr> = recv(rx, &name)
         .await?
         .into_iter()
         .filter(|a| !a.is_loopback() && !is_link_local(a))

@@ -57,6 +57,11 @@ impl PidFd {
         rc == 0
     }
 
+    /// A second descriptor of the same pidfd (for a thread or a child that needs its own).
+    pub fn try_clone_fd(&self) -> std::io::Result<OwnedFd> {
+        self.fd.try_clone()
+    }
+
     /// Sends `signal` to the process (never to a process that reused its PID).
     pub fn send_signal(&self, signal: i32) -> Result<(), Error> {
         // SAFETY: pidfd_send_signal with a valid fd, a null siginfo and zero flags.
@@ -84,7 +89,7 @@ impl PidFd {
 
     /// Waits until the process has exited (a pidfd becomes readable then).
     pub async fn exited(&self) -> Result<(), Error> {
-        let dup = self.fd.try_clone().map_err(|source| Error::Sys {
+        let dup = self.try_clone_fd().map_err(|source| Error::Sys {
             what: "dup pidfd",
             source,
         })?;
