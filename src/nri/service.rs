@@ -24,7 +24,7 @@ pub const DEFAULT_REGISTRATION_TIMEOUT_MS: u64 = 5_000;
 /// Most pods plus containers we accept across the pages of one synchronization.
 pub const MAX_SYNC_OBJECTS: usize = 100_000;
 
-/// Why we refused a runtime request. [`to_ttrpc`] is the one place these become wire statuses.
+/// Why we refused a runtime request. `to_ttrpc` is the one place these become wire statuses.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ServiceError {
     /// The handler refused to create the container; the message is shown to the user as is.

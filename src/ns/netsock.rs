@@ -79,7 +79,7 @@ static WORKER: Mutex<Option<mpsc::Sender<Job>>> = Mutex::new(None);
 /// job starts a fresh one, so no job ever runs in a namespace left over from another.
 /// Reusing the thread saves creating one per hook (most of an httpGet hook's overhead).
 fn submit(job: Job) -> Result<(), String> {
-    let mut worker = WORKER.lock().unwrap_or_else(|p| p.into_inner());
+    let mut worker = crate::lock::lock(&WORKER);
     let job = match worker.as_ref() {
         Some(tx) => match tx.send(job) {
             Ok(()) => return Ok(()),
