@@ -449,7 +449,7 @@ async fn hooks() -> Res<()> {
     let mut out = std::io::stdout().lock();
     // The plugin's own effects: `run_hook` is what the core calls for every hook.
     let (inbox, _inlet) = core::channel();
-    let node = Node::new(Logging::init("warn"), inbox);
+    let node = Node::new(Logging::init("warn"), inbox, Default::default());
     for line in stdin.lock().lines() {
         let line = line.map_err(|e| e.to_string())?;
         let words: Vec<&str> = line.split_whitespace().collect();

@@ -38,6 +38,7 @@ pub struct RawConfig {
     pub containerd_address: Option<PathBuf>,
     pub containerd_state_dir: Option<PathBuf>,
     pub containerd_namespace: Option<String>,
+    pub http_address: Option<String>,
 }
 
 /// The validated config every other module sees.
@@ -64,6 +65,8 @@ pub struct Config {
     pub containerd_state_dir: Option<PathBuf>,
     /// containerd namespace of CRI containers.
     pub containerd_namespace: String,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` = no listener.
+    pub http_address: Option<std::net::SocketAddr>,
 }
 
 pub const DEFAULT_LOG_FILE: &str = "/var/log/nri-lifecycle.log";
@@ -82,6 +85,7 @@ impl Default for Config {
             containerd_address: None,
             containerd_state_dir: None,
             containerd_namespace: "k8s.io".to_string(),
+            http_address: None,
         }
     }
 }
@@ -187,6 +191,15 @@ impl RawConfig {
                 "must be a plain name (not empty, no '/', not starting with '.')",
             ));
         }
+        let http_address = match self.http_address.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(a) => Some(a.parse().map_err(|_| {
+                invalid(
+                    "http_address",
+                    "must be an IP address and port, e.g. \"127.0.0.1:9464\"",
+                )
+            })?),
+        };
         Ok(Config {
             log_file,
             log_level,
@@ -206,6 +219,7 @@ impl RawConfig {
             containerd_address,
             containerd_state_dir,
             containerd_namespace,
+            http_address,
         })
     }
 }
@@ -235,6 +249,7 @@ mod tests {
             default_hook_timeout_seconds = 5
             max_concurrent_hooks = 8
             allowed_hosts = ["10.0.0.1", "::1"]
+            http_address = "127.0.0.1:9464"
             containerd_address = "/run/c.sock"
             "#,
         )
@@ -242,6 +257,11 @@ mod tests {
         assert_eq!(c.log_file, None);
         assert_eq!(c.default_hook_timeout, Duration::from_secs(5));
         assert_eq!(c.allowed_hosts.len(), 2);
+        assert_eq!(c.http_address, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(Config::from_toml("http_address = \"localhost\"")
+            .unwrap_err()
+            .to_string()
+            .contains("http_address"));
         assert_eq!(c.containerd_address, Some(PathBuf::from("/run/c.sock")));
     }
 

@@ -2,8 +2,9 @@
 //! together, for both launch modes.
 //!
 //! The wiring is one line of dependencies, each handed down once: the core's input channel
-//! first, the node (which sends the gate's stop requests into that input), then the core on
-//! the channel's other end, then the NRI edge that calls the core.
+//! and the metrics first, the node (which sends the gate's stop requests into that input and
+//! serves the metrics), then the core on the channel's other end, then the NRI edge that
+//! calls the core.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,13 +17,15 @@ use crate::core::{self, Core};
 use crate::logging::Logging;
 use crate::node::Node;
 use crate::nri::{self, Registration};
+use crate::ops::Ops;
 
 /// Starts the core with the node's real effects. `keep_config`: a `Configure` without
 /// config text keeps `config` (external mode with `--config`) instead of the defaults.
 pub fn start(config: Config, logging: Logging, keep_config: bool) -> Core {
     let (inbox, inlet) = core::channel();
-    let node = Arc::new(Node::new(logging, inbox.clone()));
-    Core::start(config, keep_config, node, inbox, inlet)
+    let ops = Arc::new(Ops::new());
+    let node = Arc::new(Node::new(logging, inbox.clone(), Arc::clone(&ops)));
+    Core::start(config, keep_config, node, ops, (inbox, inlet))
 }
 
 /// Pre-installed mode: the runtime started us. Never exits before registering; exits cleanly

@@ -21,6 +21,7 @@
 //! - [`annotations`]: hook annotations → validated [`annotations::HookSpec`].
 //! - [`config`]: the plugin config, raw → validated.
 //! - [`model`]: our own plain types for pods, containers, events and adjustments.
+//! - [`ops`]: metrics, liveness and readiness, and the HTTP listener that serves them.
 //! - [`daemon`]: the wiring of all of the above, for both launch modes.
 //! - [`logging`]: log lines buffered until the runtime tells us where they go.
 //! - [`lock`]: the one (poison-tolerant) way to take a lock.
@@ -38,3 +39,4 @@ pub mod model;
 pub mod node;
 pub mod nri;
 pub mod ns;
+pub mod ops;

@@ -4,12 +4,14 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::annotations::HookSpec;
@@ -22,6 +24,7 @@ use crate::lock;
 use crate::logging::Logging;
 use crate::model::{Adjustment, Container};
 use crate::ns::pidfd::PidFd;
+use crate::ops::{self, Ops};
 
 /// What depends on the config (known only after the runtime's `Configure`).
 struct Configured {
@@ -39,16 +42,52 @@ pub struct Node {
     logging: Logging,
     /// Where the gate servers send stop requests: the core's input.
     inbox: Inbox,
+    /// What the HTTP listener serves.
+    ops: Arc<Ops>,
     configured: RwLock<Option<Arc<Configured>>>,
+    /// The HTTP listener, when the config names an address.
+    listener: Mutex<Option<(SocketAddr, JoinHandle<()>)>>,
 }
 
 impl Node {
-    /// `logging` is redirected as each config says; gate stop requests go to `inbox`.
-    pub fn new(logging: Logging, inbox: Inbox) -> Node {
+    /// `logging` is redirected as each config says; gate stop requests go to `inbox`; the
+    /// HTTP listener (when configured) serves `ops`.
+    pub fn new(logging: Logging, inbox: Inbox, ops: Arc<Ops>) -> Node {
         Node {
             logging,
             inbox,
+            ops,
             configured: RwLock::new(None),
+            listener: Mutex::new(None),
+        }
+    }
+
+    /// Starts, moves or stops the HTTP listener as `address` says.
+    fn listen(&self, address: Option<SocketAddr>) {
+        let mut current = lock::lock(&self.listener);
+        if current.as_ref().map(|(a, _)| *a) == address {
+            return;
+        }
+        if let Some((old, task)) = current.take() {
+            task.abort();
+            info!(address = %old, "http listener stopped");
+        }
+        let Some(address) = address else {
+            return;
+        };
+        match ops::http::bind(address) {
+            Ok(listener) => {
+                let task = tokio::spawn(ops::http::serve(
+                    listener,
+                    Arc::clone(&self.ops),
+                    self.inbox.clone(),
+                ));
+                info!(%address, "serving /metrics, /healthz and /readyz");
+                *current = Some((address, task));
+            }
+            Err(e) => {
+                warn!(%address, error = %e, "cannot listen for /metrics, /healthz and /readyz")
+            }
         }
     }
 
@@ -68,6 +107,7 @@ impl Effects for Node {
             self.logging.sink.set_stderr();
             warn!(error = %e, path = ?config.log_file, "cannot open the configured log file");
         }
+        self.listen(config.http_address);
         let location = containerd::discover(
             config.containerd_address.as_deref(),
             config.containerd_state_dir.as_deref(),
@@ -256,6 +296,14 @@ impl Effects for Node {
     }
 }
 
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some((_, task)) = lock::lock(&self.listener).take() {
+            task.abort();
+        }
+    }
+}
+
 /// Writes the kubelet-style termination message into the container's termination-log file on
 /// the host. Never follows a symlink and never creates the file.
 fn write_termination_message(path: &str, message: &str) -> std::io::Result<()> {
@@ -276,7 +324,7 @@ mod tests {
 
     fn configured_node(dir: &std::path::Path) -> Node {
         let (inbox, _inlet) = crate::core::channel();
-        let node = Node::new(Logging::init("info"), inbox);
+        let node = Node::new(Logging::init("info"), inbox, Arc::new(Ops::new()));
         let config = Config {
             log_file: None,
             runtime_dir: dir.join("rt"),

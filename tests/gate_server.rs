@@ -99,7 +99,8 @@ async fn fixture(hold: bool, outcome: hooks::Outcome) -> Fixture {
     });
     let (inbox, inlet) = core::channel();
     let servers = GateServers::new(dir.path().join("containers"), inbox.clone());
-    let core = Core::start(Config::default(), false, world, inbox, inlet);
+    let ops = Arc::new(nri_lifecycle::ops::Ops::new());
+    let core = Core::start(Config::default(), false, world, ops, (inbox, inlet));
     let pod = Pod {
         id: "p1".into(),
         annotations: [(

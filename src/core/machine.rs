@@ -32,6 +32,7 @@ use crate::gate::GateParams;
 use crate::hooks;
 use crate::model::{Adjustment, Container, ContainerState, Event, EventKind, Pod, RuntimeInfo};
 use crate::ns::pidfd::PidFd;
+use crate::ops::{FailOpen, HookResult, Ops};
 
 /// Bound of the `PostCreateContainer` work (the gate's stored-spec rewrite), well under the
 /// runtime's request timeout.
@@ -106,6 +107,7 @@ impl Drop for Tracked {
 /// The core's state: owned by its one task.
 pub(super) struct Machine {
     effects: Arc<dyn Effects>,
+    ops: Arc<Ops>,
     inbox: Inbox,
     config: Arc<Config>,
     /// Whether a `Configure` without config text keeps the config we started with
@@ -120,9 +122,11 @@ impl Machine {
         config: Config,
         keep_config: bool,
         effects: Arc<dyn Effects>,
+        ops: Arc<Ops>,
         inbox: Inbox,
     ) -> Machine {
         Machine {
+            ops,
             permits: Arc::new(Semaphore::new(config.max_concurrent_hooks)),
             effects,
             inbox,
@@ -280,10 +284,13 @@ impl Machine {
                     adjustment = adj;
                     gate = Gate::Injected;
                 }
-                Err(reason) => warn!(
-                    container = %container.id, pod = %pod.name, name = %container.name, %reason,
-                    "cannot inject the PreStop gate: this container's PreStop cannot hold its stop and runs best-effort"
-                ),
+                Err(reason) => {
+                    self.ops.fail_open(FailOpen::NotInjected);
+                    warn!(
+                        container = %container.id, pod = %pod.name, name = %container.name, %reason,
+                        "cannot inject the PreStop gate: this container's PreStop cannot hold its stop and runs best-effort"
+                    )
+                }
             }
         }
         info!(
@@ -374,12 +381,28 @@ impl Machine {
     }
 
     fn gate_checked(&mut self, id: &str, status: GateStatus) {
+        self.checked_gate(id, status);
+        self.count_gated();
+    }
+
+    /// Keeps the gated-containers gauge in step with the table.
+    fn count_gated(&self) {
+        self.ops.set_gated(
+            self.table
+                .values()
+                .filter(|t| t.gate == Gate::Gated)
+                .count(),
+        );
+    }
+
+    fn checked_gate(&mut self, id: &str, status: GateStatus) {
         let Some(t) = self.table.get_mut(id) else {
             return;
         };
         t.gate = match status {
             GateStatus::Gated => Gate::Gated,
             GateStatus::Ungated(reason) => {
+                self.ops.fail_open(FailOpen::Ungated);
                 warn!(
                     container = %id, pod = %t.pod.name, name = %t.container.name, %reason,
                     "PreStop cannot hold this container's stop: it will run best-effort when the runtime reports the stop"
@@ -517,10 +540,21 @@ impl Machine {
                 debug!(container = %id, waiting = waiters.len(), "container removed while its PreStop ran");
             }
             self.effects.forget(id);
+            if t.gate == Gate::Gated {
+                self.count_gated();
+            }
         }
     }
 
     fn hook_ended(&mut self, id: &str, spec: &HookSpec, outcome: hooks::Outcome, took: Duration) {
+        let result = match &outcome {
+            hooks::Outcome::Succeeded { .. } => HookResult::Succeeded,
+            hooks::Outcome::Failed { .. } => HookResult::Failed,
+            hooks::Outcome::TimedOut { .. } => HookResult::TimedOut,
+            hooks::Outcome::ContainerGone => HookResult::ContainerGone,
+        };
+        self.ops
+            .hook(spec.phase.as_str(), spec.action.kind(), result, took);
         let Some(t) = self.table.get_mut(id) else {
             debug!(container = %id, hook = spec.phase.as_str(), "hook ended after its container was removed");
             return;
@@ -539,6 +573,7 @@ impl Machine {
                     }
                     hooks::Outcome::ContainerGone => PreStopOutcome::Done,
                     hooks::Outcome::TimedOut { .. } => {
+                        self.ops.fail_open(FailOpen::HookTimedOut);
                         warn!(container = %id, %pod, %name, hook, handler, took_ms, "hook timed out: the stop signal goes on");
                         PreStopOutcome::TimedOut
                     }
@@ -725,6 +760,7 @@ impl Machine {
             );
         }
         self.effects.gate_resync(&containers);
+        self.count_gated();
         debug!(
             containers = containers.len(),
             tracked = self.table.len(),

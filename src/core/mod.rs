@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::hooks;
 use crate::model::{Adjustment, Container, Event, EventKind, Pod, RuntimeInfo};
 use crate::nri::Handler;
+use crate::ops::Ops;
 
 /// Where the kubelet mounts the termination-message file in a container.
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
@@ -123,6 +124,13 @@ impl Inbox {
         let _ = self.0.send(input).await;
     }
 
+    /// Counts of the container table; `None` when the core's loop has ended.
+    pub async fn status(&self) -> Option<Status> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Input::Status { reply }).await;
+        answer.await.ok()
+    }
+
     /// The gate of `container_id` holds `signal`: runs the container's PreStop hook (once
     /// per stop) and returns how it ended.
     pub async fn stop_requested(&self, container_id: &str, signal: i32) -> PreStopOutcome {
@@ -144,21 +152,29 @@ impl Inbox {
 #[derive(Clone)]
 pub struct Core {
     inbox: Inbox,
+    ops: Arc<Ops>,
     _alive: Arc<oneshot::Sender<()>>,
 }
 
 impl Core {
-    /// Starts the core's task on `inlet` with `effects`. `keep_config`: a `Configure` without
-    /// config text keeps `config` (external mode with `--config`) instead of the defaults.
+    /// Starts the core's task on the channel made by [`channel`], with `effects`; `ops` gets
+    /// its metrics and health. `keep_config`: a `Configure` without config text keeps `config`
+    /// (external mode with `--config`) instead of the defaults.
     pub fn start(
         config: Config,
         keep_config: bool,
         effects: Arc<dyn Effects>,
-        inbox: Inbox,
-        inlet: Inlet,
+        ops: Arc<Ops>,
+        (inbox, inlet): (Inbox, Inlet),
     ) -> Core {
         let (alive, mut dropped) = oneshot::channel::<()>();
-        let mut machine = machine::Machine::new(config, keep_config, effects, inbox.clone());
+        let mut machine = machine::Machine::new(
+            config,
+            keep_config,
+            effects,
+            Arc::clone(&ops),
+            inbox.clone(),
+        );
         let Inlet(mut rx) = inlet;
         tokio::spawn(async move {
             loop {
@@ -174,15 +190,14 @@ impl Core {
         });
         Core {
             inbox,
+            ops,
             _alive: Arc::new(alive),
         }
     }
 
     /// Counts of the container table.
     pub async fn status(&self) -> Status {
-        let (reply, answer) = oneshot::channel();
-        self.inbox.send(Input::Status { reply }).await;
-        answer.await.unwrap_or_default()
+        self.inbox.status().await.unwrap_or_default()
     }
 
     /// Sends an input that is answered with `()` and waits for the answer.
@@ -207,20 +222,34 @@ impl Handler for Core {
     }
 
     async fn configure(&self, info: RuntimeInfo) {
-        let _ = self.call(|done| Input::Configure { info, done }).await;
+        let _request = self.ops.request("Configure");
+        let timeout = info.request_timeout_ms;
+        if self
+            .call(|done| Input::Configure { info, done })
+            .await
+            .is_ok()
+        {
+            self.ops.configured(timeout);
+        }
     }
 
     async fn synchronize(&self, pods: Vec<Pod>, containers: Vec<Container>) {
-        let _ = self
+        let _request = self.ops.request("Synchronize");
+        if self
             .call(|done| Input::Synchronize {
                 pods,
                 containers,
                 done,
             })
-            .await;
+            .await
+            .is_ok()
+        {
+            self.ops.synchronized();
+        }
     }
 
     async fn create_container(&self, pod: Pod, container: Container) -> Result<Adjustment, Error> {
+        let _request = self.ops.request(EventKind::CreateContainer.as_str());
         let (reply, answer) = oneshot::channel();
         self.inbox
             .send(Input::Create {
@@ -233,10 +262,12 @@ impl Handler for Core {
     }
 
     async fn event(&self, event: Event) -> Result<(), Error> {
+        let _request = self.ops.request(event.kind.as_str());
         self.call(|done| Input::Event { event, done }).await
     }
 
     async fn shutdown(&self) {
+        self.ops.disconnected();
         tracing::info!("runtime connection ended");
     }
 }

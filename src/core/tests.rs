@@ -13,6 +13,7 @@ use crate::annotations::{self, AnnotationError};
 use crate::gate::GateParams;
 use crate::model::ContainerState;
 use crate::ns::pidfd::PidFd;
+use crate::ops::Ops;
 
 /// Records what the core asks of the world; hook outcomes are scripted.
 #[derive(Default)]
@@ -171,10 +172,22 @@ fn event(kind: EventKind, pod: &Pod, c: &Container) -> Event {
 }
 
 fn start(fake: &Arc<Fake>) -> (Core, Inbox) {
+    let (core, inbox, _) = start_with_ops(fake);
+    (core, inbox)
+}
+
+fn start_with_ops(fake: &Arc<Fake>) -> (Core, Inbox, Arc<Ops>) {
     let (inbox, inlet) = channel();
     let effects: Arc<dyn Effects> = fake.clone();
-    let core = Core::start(Config::default(), false, effects, inbox.clone(), inlet);
-    (core, inbox)
+    let ops = Arc::new(Ops::new());
+    let core = Core::start(
+        Config::default(),
+        false,
+        effects,
+        Arc::clone(&ops),
+        (inbox.clone(), inlet),
+    );
+    (core, inbox, ops)
 }
 
 /// Lets spawned tasks run and their reports reach the core.
@@ -552,7 +565,8 @@ fn hook_concurrency_follows_the_config() {
     rt.block_on(async {
         let fake: Arc<dyn Effects> = Arc::new(Fake::default());
         let (inbox, _inlet) = channel();
-        let mut m = machine::Machine::new(Config::default(), false, fake, inbox);
+        let mut m =
+            machine::Machine::new(Config::default(), false, fake, Arc::new(Ops::new()), inbox);
         assert_eq!(m.free_permits(), 64);
         let configure = |m: &mut machine::Machine, n: usize| {
             let (done, _) = tokio::sync::oneshot::channel();
@@ -577,4 +591,43 @@ fn hook_concurrency_follows_the_config() {
         configure(&mut m, 8);
         assert_eq!(m.free_permits(), 8);
     });
+}
+
+#[tokio::test]
+async fn metrics_follow_hooks_gates_and_requests() {
+    let fake = Arc::new(Fake {
+        ungated: true,
+        ..Fake::default()
+    });
+    let (core, _, ops) = start_with_ops(&fake);
+    let p = pod(&[
+        (
+            "poststart.lifecycle.nri.io/pod",
+            r#"{"sleep":{"seconds":0}}"#,
+        ),
+        ("prestop.lifecycle.nri.io/pod", r#"{"sleep":{"seconds":0}}"#),
+    ]);
+    let c = container("c1", "app");
+    run_container(&core, &p, &c).await;
+    core.event(event(EventKind::StopContainer, &p, &c))
+        .await
+        .unwrap();
+    settle(&core).await;
+    let text = ops.encode();
+    for line in [
+        "nri_lifecycle_hooks_total{phase=\"postStart\",handler=\"sleep\",result=\"succeeded\"} 1",
+        "nri_lifecycle_hooks_total{phase=\"preStop\",handler=\"sleep\",result=\"succeeded\"} 1",
+        "nri_lifecycle_gate_failopen_total{reason=\"ungated\"} 1",
+        "nri_lifecycle_gated_containers 0",
+        "nri_lifecycle_nri_requests_total{event=\"CreateContainer\"} 1",
+        "nri_lifecycle_nri_requests_total{event=\"StopContainer\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert!(!ops.ready());
+    core.configure(RuntimeInfo::default()).await;
+    core.synchronize(vec![], vec![]).await;
+    assert!(ops.ready());
+    core.shutdown().await;
+    assert!(!ops.ready());
 }
