@@ -14,14 +14,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use containerd_client::services::v1::containers_client::ContainersClient;
-use containerd_client::services::v1::{GetContainerRequest, UpdateContainerRequest};
-use containerd_client::tonic::transport::Channel;
-use containerd_client::tonic::Request;
 use tokio::sync::Mutex;
+use tonic::transport::Channel;
+use tonic::Request;
 use tracing::debug;
 
 use crate::gate::{args_are_gated, gate_args, GateParams};
+
+mod api;
+
+use api::{Containers, GetContainerRequest};
 
 /// containerd's gRPC socket when nothing says otherwise.
 pub const DEFAULT_ADDRESS: &str = "/run/containerd/containerd.sock";
@@ -40,13 +42,13 @@ pub enum ContainerdError {
     #[error("cannot connect to containerd at {address}: {source}")]
     Connect {
         address: PathBuf,
-        source: containerd_client::tonic::transport::Error,
+        source: tonic::transport::Error,
     },
     #[error("containerd {op} of container {id} failed: {status}")]
     Rpc {
         op: &'static str,
         id: String,
-        status: Box<containerd_client::tonic::Status>,
+        status: Box<tonic::Status>,
     },
     #[error("containerd {op} of container {id} took longer than {RPC_TIMEOUT:?}")]
     Timeout { op: &'static str, id: String },
@@ -304,7 +306,7 @@ impl Client {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let c = containerd_client::connect(&self.address)
+        let c = api::connect(&self.address)
             .await
             .map_err(|source| ContainerdError::Connect {
                 address: self.address.clone(),
@@ -362,7 +364,7 @@ impl Client {
         id: &str,
         params: &GateParams,
     ) -> Result<Rewrite, ContainerdError> {
-        let mut client = ContainersClient::new(self.channel().await?);
+        let mut client = Containers::new(self.channel().await?);
         let rpc = |op: &'static str| {
             let id = id.to_string();
             move |status| ContainerdError::Rpc {
@@ -374,25 +376,18 @@ impl Client {
         let got = client
             .get(self.request(GetContainerRequest { id: id.to_string() })?)
             .await
-            .map_err(rpc("Get"))?
-            .into_inner();
-        let mut container = got
+            .map_err(rpc("Get"))?;
+        let mut spec = got
             .container
-            .ok_or_else(|| ContainerdError::NoSpec { id: id.to_string() })?;
-        let spec = container
-            .spec
-            .as_mut()
+            .and_then(|c| c.spec)
             .ok_or_else(|| ContainerdError::NoSpec { id: id.to_string() })?;
         let Some(new_spec) = gate_spec_json(id, &spec.value, params)? else {
             return Ok(Rewrite::AlreadyGated);
         };
         spec.value = new_spec;
-        let update = UpdateContainerRequest {
-            container: Some(container),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["spec".to_string()],
-            }),
-        };
+        // Only the id and the spec, under the mask `spec`: containerd keeps every other
+        // field of its stored record (see `api`).
+        let update = api::update_spec_request(id, spec);
         client
             .update(self.request(update)?)
             .await

@@ -2,7 +2,8 @@
 # Installs everything the private-node harness needs, idempotently.
 #
 # - bookworm packages through the system's apt: runc, busybox-static, protobuf-compiler,
-#   iproute2, debian-archive-keyring (only when missing);
+#   iproute2, debian-archive-keyring (only when missing). protoc is for the harness alone:
+#   its CRI client crate (k8s-cri) generates its code with it; the plugin builds without;
 # - containerd 1.7 (trixie), containerd 2.1 (sid) and the CNI plugins (sid) as .deb files,
 #   fetched through a private apt configuration and unpacked with `dpkg -x` into the cache
 #   (the system's packages are never touched);
