@@ -51,7 +51,7 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// A tracing filter directive, e.g. `info` or `nri_lifecycle=debug`.
     pub log_level: String,
-    /// How log lines are written; `None` = by destination (see [`Config::log_format`]).
+    /// How log lines are written; `None` = by destination (see [`Config::log_format()`]).
     pub log_format: Option<LogFormat>,
     /// A log file is rotated once it holds this many bytes.
     pub log_max_bytes: u64,

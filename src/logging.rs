@@ -1,6 +1,6 @@
 //! Logging that works before we know where logs should go.
 //!
-//! Two destinations, chosen by the config ([`Config::log_file`], [`Config::log_format`]):
+//! Two destinations, chosen by the config (`log_file`, `log_format`):
 //! - standard error, for an external plugin under systemd or Kubernetes: JSON lines by
 //!   default, one object per event with its fields as keys, for the journal and `kubectl logs`;
 //! - a file, for the plugin containerd starts itself (its standard error is /dev/null): text
