@@ -4,6 +4,9 @@ PREFIX      ?= /usr/local
 DESTDIR     ?=
 PLUGIN_DIR  ?= /opt/nri/plugins
 PLUGIN_IDX  ?= 10
+# systemd searches $(PREFIX)/lib/systemd/system for PREFIX /usr/local and /usr alike.
+SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
+CONFIG_DIR  ?= /etc/nri-lifecycle
 CARGO       ?= cargo
 # Everything downloaded or built for tests stays inside the tree, in .cache/harness
 # (NRI_HARNESS_CACHE overrides it).
@@ -12,10 +15,10 @@ CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TARGET_DIR
 RELEASE_BIN := $(CARGO_TARGET_DIR)/release/nri-lifecycle
 
-.PHONY: help build release deps test unit e2e demo bench install uninstall fmt lint clean cleanup-nodes
+.PHONY: help build release deps test unit e2e demo bench install install-systemd install-share uninstall fmt lint clean cleanup-nodes
 
 help: ## show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## debug build of the plugin (the gate is built and embedded by build.rs)
 	$(CARGO) build --workspace
@@ -39,14 +42,32 @@ demo: deps release ## a private containerd with the plugin, a pod with hooks, an
 bench: deps release ## benchmarks, side by side in one run; writes BENCHMARKS.md (BENCH_FLAGS=... for more rounds)
 	$(CARGO) run --release -q -p nri-harness --bin bench -- --plugin $(RELEASE_BIN) --output BENCHMARKS.md $(BENCH_FLAGS)
 
-install: release ## install the plugin as $(DESTDIR)$(PLUGIN_DIR)/$(PLUGIN_IDX)-nri-lifecycle
+install: release install-share ## drop-in: the plugin as $(DESTDIR)$(PLUGIN_DIR)/$(PLUGIN_IDX)-nri-lifecycle, started by containerd
 	install -D -m 0755 $(RELEASE_BIN) $(DESTDIR)$(PLUGIN_DIR)/$(PLUGIN_IDX)-nri-lifecycle
+
+# The two ways exclude each other (two plugins would run every hook twice): this one removes
+# the drop-in copy. The unit names the binary at /usr/local/bin; sed puts in $(PREFIX). An
+# existing config is kept.
+install-systemd: release install-share ## systemd: $(PREFIX)/bin/nri-lifecycle, the unit in $(SYSTEMD_UNIT_DIR), $(CONFIG_DIR)/config.toml
+	install -D -m 0755 $(RELEASE_BIN) $(DESTDIR)$(PREFIX)/bin/nri-lifecycle
+	install -d $(DESTDIR)$(SYSTEMD_UNIT_DIR)
+	sed 's|/usr/local/bin/nri-lifecycle|$(PREFIX)/bin/nri-lifecycle|; s|/etc/nri-lifecycle/|$(CONFIG_DIR)/|' \
+		packaging/nri-lifecycle.service >$(DESTDIR)$(SYSTEMD_UNIT_DIR)/nri-lifecycle.service
+	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/nri-lifecycle.service
+	test -e $(DESTDIR)$(CONFIG_DIR)/config.toml || \
+		install -D -m 0644 packaging/nri-lifecycle.conf $(DESTDIR)$(CONFIG_DIR)/config.toml
+	rm -f $(DESTDIR)$(PLUGIN_DIR)/$(PLUGIN_IDX)-nri-lifecycle
+
+install-share:
 	install -D -m 0644 packaging/containerd-1.7-nri.toml $(DESTDIR)$(PREFIX)/share/nri-lifecycle/containerd-1.7-nri.toml
 	install -D -m 0644 packaging/containerd-2.x-nri.toml $(DESTDIR)$(PREFIX)/share/nri-lifecycle/containerd-2.x-nri.toml
 	install -D -m 0644 packaging/nri-lifecycle.conf $(DESTDIR)$(PREFIX)/share/nri-lifecycle/nri-lifecycle.conf
+	install -D -m 0644 packaging/nri-lifecycle.service $(DESTDIR)$(PREFIX)/share/nri-lifecycle/nri-lifecycle.service
 
-uninstall: ## remove what install put in place
+uninstall: ## remove what install and install-systemd put in place (keeps $(CONFIG_DIR) and the logs)
 	rm -f $(DESTDIR)$(PLUGIN_DIR)/$(PLUGIN_IDX)-nri-lifecycle
+	rm -f $(DESTDIR)$(PREFIX)/bin/nri-lifecycle
+	rm -f $(DESTDIR)$(SYSTEMD_UNIT_DIR)/nri-lifecycle.service
 	rm -rf $(DESTDIR)$(PREFIX)/share/nri-lifecycle
 
 fmt: ## format the code

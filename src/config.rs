@@ -30,6 +30,9 @@ pub enum ConfigError {
 pub struct RawConfig {
     pub log_file: Option<PathBuf>,
     pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    pub log_max_bytes: Option<u64>,
+    pub log_max_files: Option<usize>,
     pub runtime_dir: Option<PathBuf>,
     pub default_hook_timeout_seconds: Option<u64>,
     pub default_grace_period_seconds: Option<u64>,
@@ -48,6 +51,13 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// A tracing filter directive, e.g. `info` or `nri_lifecycle=debug`.
     pub log_level: String,
+    /// How log lines are written; `None` = by destination (see [`Config::log_format()`]).
+    pub log_format: Option<LogFormat>,
+    /// A log file is rotated once it holds this many bytes.
+    pub log_max_bytes: u64,
+    /// Log files kept, the current one included: the disk holds at most
+    /// `log_max_files × log_max_bytes` of logs (plus one line).
+    pub log_max_files: usize,
     /// Our state on the host: the extracted gate binary and per-container socket directories.
     pub runtime_dir: PathBuf,
     /// Bound of a hook without `timeoutSeconds`.
@@ -69,14 +79,31 @@ pub struct Config {
     pub http_address: Option<std::net::SocketAddr>,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, the event's fields as keys (for journald and `kubectl logs`).
+    Json,
+}
+
 pub const DEFAULT_LOG_FILE: &str = "/var/log/nri-lifecycle.log";
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+pub const DEFAULT_LOG_MAX_FILES: usize = 3;
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/nri-lifecycle";
+
+/// Upper bound of `log_max_bytes`.
+const MAX_LOG_BYTES: u64 = 1 << 40;
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             log_file: Some(PathBuf::from(DEFAULT_LOG_FILE)),
             log_level: "info".to_string(),
+            log_format: None,
+            log_max_bytes: DEFAULT_LOG_MAX_BYTES,
+            log_max_files: DEFAULT_LOG_MAX_FILES,
             runtime_dir: PathBuf::from(DEFAULT_RUNTIME_DIR),
             default_hook_timeout: Duration::from_secs(30),
             default_grace_period: Duration::from_secs(30),
@@ -91,25 +118,66 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Parses and validates TOML text. Empty text gives the defaults.
-    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)?;
-        raw.validate()
+    /// The defaults of an external plugin (`nri-lifecycle run`): logs go to standard error,
+    /// which systemd's journal or the container runtime collects. [`Config::default`] is the
+    /// plugin containerd starts itself, whose standard error is /dev/null: logs go to a file.
+    pub fn external() -> Config {
+        Config {
+            log_file: None,
+            ..Config::default()
+        }
     }
 
-    /// Reads and validates a config file.
-    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+    /// Parses and validates TOML text. Empty text gives the defaults.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_over(text, Config::default())
+    }
+
+    /// Parses and validates TOML text; keys it does not set keep their value in `defaults`.
+    pub fn from_toml_over(text: &str, defaults: Config) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)?;
+        raw.validate_over(defaults)
+    }
+
+    /// Reads and validates a config file; keys it does not set keep their value in `defaults`.
+    pub fn from_file(path: &std::path::Path, defaults: Config) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::from_toml(&text)
+        Config::from_toml_over(&text, defaults)
+    }
+
+    /// The log format in force: the configured one, else JSON on standard error (a journal
+    /// or `kubectl logs` reads it) and text in a file (a person reads it).
+    pub fn log_format(&self) -> LogFormat {
+        match (self.log_format, &self.log_file) {
+            (Some(format), _) => format,
+            (None, None) => LogFormat::Json,
+            (None, Some(_)) => LogFormat::Text,
+        }
+    }
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = ();
+    fn from_str(s: &str) -> Result<LogFormat, ()> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(()),
+        }
     }
 }
 
 impl RawConfig {
+    /// Validates with the defaults of a plugin containerd starts itself.
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let d = Config::default();
+        self.validate_over(Config::default())
+    }
+
+    /// Validates; keys not set take their value from `d`.
+    pub fn validate_over(self, d: Config) -> Result<Config, ConfigError> {
         let invalid = |field, problem: &str| ConfigError::Invalid {
             field,
             problem: problem.to_string(),
@@ -135,6 +203,33 @@ impl RawConfig {
                 "not a valid filter (e.g. \"info\" or \"debug\")",
             ));
         }
+        let log_format = match self.log_format.as_deref() {
+            None => d.log_format,
+            Some(f) => Some(
+                f.parse()
+                    .map_err(|()| invalid("log_format", "must be \"text\" or \"json\""))?,
+            ),
+        };
+        let log_max_bytes = match self.log_max_bytes {
+            None => d.log_max_bytes,
+            Some(n @ 4096..=MAX_LOG_BYTES) => n,
+            Some(_) => {
+                return Err(invalid(
+                    "log_max_bytes",
+                    "must be between 4096 and 1099511627776 (1 TiB)",
+                ))
+            }
+        };
+        let log_max_files = match self.log_max_files {
+            None => d.log_max_files,
+            Some(n @ 2..=100) => n,
+            Some(_) => {
+                return Err(invalid(
+                    "log_max_files",
+                    "must be between 2 and 100 (the current file and at least one older)",
+                ))
+            }
+        };
         let runtime_dir = self.runtime_dir.unwrap_or(d.runtime_dir);
         if !runtime_dir.is_absolute() {
             return Err(invalid("runtime_dir", "must be an absolute path"));
@@ -203,6 +298,9 @@ impl RawConfig {
         Ok(Config {
             log_file,
             log_level,
+            log_format,
+            log_max_bytes,
+            log_max_files,
             runtime_dir,
             default_hook_timeout: seconds(
                 "default_hook_timeout_seconds",
@@ -237,6 +335,42 @@ mod tests {
     fn sample_config_is_the_defaults() {
         let text = include_str!("../packaging/nri-lifecycle.conf");
         assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn sample_config_is_the_external_defaults_under_run() {
+        let text = include_str!("../packaging/nri-lifecycle.conf");
+        let c = Config::from_toml_over(text, Config::external()).unwrap();
+        assert_eq!(c, Config::external());
+        assert_eq!(c.log_file, None);
+        assert_eq!(c.log_format(), LogFormat::Json);
+    }
+
+    #[test]
+    fn log_format_follows_the_destination_unless_set() {
+        assert_eq!(Config::default().log_format(), LogFormat::Text);
+        assert_eq!(Config::external().log_format(), LogFormat::Json);
+        let c = Config::from_toml("log_format = \"json\"").unwrap();
+        assert_eq!(c.log_file, Some(PathBuf::from(DEFAULT_LOG_FILE)));
+        assert_eq!(c.log_format(), LogFormat::Json);
+        let c = Config::from_toml_over("log_format = \"text\"", Config::external()).unwrap();
+        assert_eq!((&c.log_file, c.log_format()), (&None, LogFormat::Text));
+        let c =
+            Config::from_toml_over("log_file = \"/var/log/x.log\"", Config::external()).unwrap();
+        assert_eq!(c.log_format(), LogFormat::Text);
+    }
+
+    #[test]
+    fn log_rotation_keys() {
+        let c = Config::from_toml("log_max_bytes = 4096\nlog_max_files = 2").unwrap();
+        assert_eq!((c.log_max_bytes, c.log_max_files), (4096, 2));
+        let e = |t| Config::from_toml(t).unwrap_err().to_string();
+        assert!(e("log_max_bytes = 100").contains("\"log_max_bytes\""));
+        assert!(e("log_max_files = 1").contains("\"log_max_files\""));
+        assert_eq!(
+            e("log_format = \"xml\""),
+            "plugin config: field \"log_format\": must be \"text\" or \"json\""
+        );
     }
 
     #[test]

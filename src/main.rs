@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 use nri_lifecycle::annotations;
-use nri_lifecycle::config::Config;
+use nri_lifecycle::config::{Config, LogFormat};
 use nri_lifecycle::logging::Logging;
 
 #[derive(Parser)]
@@ -40,9 +40,14 @@ enum Command {
         /// Plugin config file (TOML); the runtime's config, if it sends one, replaces it.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Log file ("stderr" for standard error); overrides the config.
+        /// Log file ("stderr" for standard error); overrides the config. Default: standard
+        /// error unless the config names a file.
         #[arg(long)]
         log_file: Option<PathBuf>,
+        /// Log line format; overrides the config. Default: json on standard error, text in a
+        /// file.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
     },
     /// Check hook annotations: reads a JSON object of annotations (pod or container) from a
     /// file or standard input and prints the hooks of the named container, or the error.
@@ -59,6 +64,21 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(arg: LogFormatArg) -> LogFormat {
+        match arg {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -78,7 +98,15 @@ fn main() -> ExitCode {
             index,
             config,
             log_file,
-        }) => run_external(socket, name, index, config, log_file),
+            log_format,
+        }) => run_external(
+            socket,
+            name,
+            index,
+            config,
+            log_file,
+            log_format.map(Into::into),
+        ),
         Some(Command::Validate { container, file }) => validate(&container, &file),
         Some(Command::Gate { output }) => write_gate(&output),
     };
@@ -106,12 +134,7 @@ fn run_preinstalled() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             // Nothing can work without a runtime; say why where the operator will look.
-            let _ = logging.apply(
-                Some(std::path::Path::new(
-                    nri_lifecycle::config::DEFAULT_LOG_FILE,
-                )),
-                "info",
-            );
+            let _ = logging.apply(&Config::default());
             tracing::error!(error = %e, "cannot start the async runtime");
             return ExitCode::FAILURE;
         }
@@ -127,21 +150,23 @@ fn run_external(
     index: String,
     config_file: Option<PathBuf>,
     log_file: Option<PathBuf>,
+    log_format: Option<LogFormat>,
 ) -> anyhow::Result<ExitCode> {
-    let config = match &config_file {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
+    let mut config = match &config_file {
+        Some(path) => Config::from_file(path, Config::external())?,
+        None => Config::external(),
     };
+    // The flags become part of the config, so a `Configure` that keeps it keeps them too.
+    match log_file {
+        Some(p) if p.as_os_str() == "stderr" || p.as_os_str() == "-" => config.log_file = None,
+        Some(p) => config.log_file = Some(p),
+        None => {}
+    }
+    if log_format.is_some() {
+        config.log_format = log_format;
+    }
     let logging = Logging::init(&config.log_level);
-    let destination = match log_file {
-        Some(p) if p.as_os_str() == "stderr" || p.as_os_str() == "-" => None,
-        Some(p) => Some(p),
-        None if config_file.is_some() => config.log_file.clone(),
-        None => None,
-    };
-    logging
-        .apply(destination.as_deref(), &config.log_level)
-        .context("opening the log file")?;
+    logging.apply(&config).context("opening the log file")?;
     let rt = runtime().context("starting the async runtime")?;
     rt.block_on(nri_lifecycle::daemon::run_external(
         socket, name, index, config, logging,

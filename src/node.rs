@@ -99,10 +99,7 @@ impl Node {
 #[async_trait]
 impl Effects for Node {
     fn configure(&self, config: &Config, runtime_pid: u32) {
-        if let Err(e) = self
-            .logging
-            .apply(config.log_file.as_deref(), &config.log_level)
-        {
+        if let Err(e) = self.logging.apply(config) {
             // Keep logging where it was (buffered lines are not lost) and say so there.
             self.logging.sink.set_stderr();
             warn!(error = %e, path = ?config.log_file, "cannot open the configured log file");
