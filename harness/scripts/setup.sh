@@ -2,7 +2,8 @@
 # Installs everything the private-node harness needs, idempotently.
 #
 # - bookworm packages through the system's apt: runc, busybox-static, protobuf-compiler,
-#   iproute2, debian-archive-keyring (only when missing);
+#   iproute2, debian-archive-keyring, libseccomp-dev (the plugin links libseccomp; only when
+#   missing);
 # - containerd 1.7 (trixie), containerd 2.1 (sid) and the CNI plugins (sid) as .deb files,
 #   fetched through a private apt configuration and unpacked with `dpkg -x` into the cache
 #   (the system's packages are never touched);
@@ -41,7 +42,7 @@ exec 9>"$cache/.setup.lock"
 flock 9
 
 # ---------------------------------------------------------------- system packages
-system_pkgs=(runc busybox-static protobuf-compiler iproute2 debian-archive-keyring)
+system_pkgs=(runc busybox-static protobuf-compiler iproute2 debian-archive-keyring libseccomp-dev)
 missing=()
 for p in "${system_pkgs[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
