@@ -7,8 +7,14 @@
 //! or when its `linux.seccomp` cannot be translated or loaded by us, the hook does not run
 //! and the error says why. Only a spec that was read and has no `linux.seccomp` means "no
 //! filter".
+//!
+//! Compiling a profile the size of containerd's default one takes libseccomp about 20 ms, so
+//! compiled filters are kept, by the exact text of their profile, in a small process-wide
+//! cache: every container that runs the runtime's default profile shares one program.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use serde::Deserialize as _;
 
@@ -20,7 +26,7 @@ use super::Error;
 #[derive(Debug, Default)]
 pub struct Confinement {
     /// `None`: the spec has no `linux.seccomp`.
-    pub seccomp: Option<Filter>,
+    pub seccomp: Option<Arc<Filter>>,
     /// `process.oomScoreAdj`; `None` when the spec sets none.
     pub oom_score_adj: Option<i32>,
 }
@@ -54,10 +60,7 @@ impl Confinement {
         };
         let seccomp = match spec.pointer("/linux/seccomp") {
             None | Some(serde_json::Value::Null) => None,
-            Some(v) => {
-                let profile = Profile::deserialize(v).map_err(|e| seccomp_err(e.to_string()))?;
-                Some(seccomp::compile(&profile).map_err(seccomp_err)?)
-            }
+            Some(v) => Some(compiled(v).map_err(seccomp_err)?),
         };
         let oom_score_adj = match spec.pointer("/process/oomScoreAdj") {
             None | Some(serde_json::Value::Null) => None,
@@ -76,6 +79,31 @@ impl Confinement {
             oom_score_adj,
         })
     }
+}
+
+/// How many compiled filters are kept (a node runs few distinct profiles; past this the
+/// cache starts again, so it stays bounded whatever the containers bring).
+const CACHED: usize = 32;
+
+static COMPILED: LazyLock<Mutex<HashMap<String, Arc<Filter>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The filter of the profile `v`, compiled now or taken from the cache. The key is the
+/// profile's whole JSON text, so two profiles share a program only when they are equal.
+fn compiled(v: &serde_json::Value) -> Result<Arc<Filter>, String> {
+    let key = v.to_string();
+    let cache = || COMPILED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(filter) = cache().get(&key) {
+        return Ok(Arc::clone(filter));
+    }
+    let profile = Profile::deserialize(v).map_err(|e| e.to_string())?;
+    let filter = Arc::new(seccomp::compile(&profile)?);
+    let mut cache = cache();
+    if cache.len() >= CACHED {
+        cache.clear();
+    }
+    cache.insert(key, Arc::clone(&filter));
+    Ok(filter)
 }
 
 #[cfg(test)]
@@ -106,6 +134,21 @@ mod tests {
         .unwrap();
         assert!(!c.seccomp.unwrap().program().is_empty());
         assert_eq!(c.oom_score_adj, Some(-997));
+    }
+
+    #[test]
+    fn equal_profiles_share_one_compiled_filter() {
+        let spec = |errno: u32| {
+            format!(
+                r#"{{"linux":{{"seccomp":{{"defaultAction":"SCMP_ACT_ALLOW",
+                "syscalls":[{{"names":["mkdir"],"action":"SCMP_ACT_ERRNO","errnoRet":{errno}}}]}}}}}}"#
+            )
+        };
+        let a = confinement(&spec(3)).unwrap().seccomp.unwrap();
+        let b = confinement(&spec(3)).unwrap().seccomp.unwrap();
+        let c = confinement(&spec(4)).unwrap().seccomp.unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
     }
 
     #[test]

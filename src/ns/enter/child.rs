@@ -263,7 +263,7 @@ mod tests {
         let filter = crate::ns::seccomp::compile(&profile).unwrap();
         let len = filter.program().len();
         let plan = plan(vec![], no_new_privs).confined(Confinement {
-            seccomp: Some(filter),
+            seccomp: Some(std::sync::Arc::new(filter)),
             oom_score_adj: Some(-3),
         });
         (plan, len)

@@ -8,6 +8,7 @@
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::model::ProcessSpec;
 use crate::ns::confinement::Confinement;
@@ -93,7 +94,7 @@ pub struct Plan {
     /// Where the identity came from (for logs).
     pub source: Source,
     /// The container's seccomp filter, compiled; installed last in the hook process.
-    pub seccomp: Option<Filter>,
+    pub seccomp: Option<Arc<Filter>>,
     /// The container's OOM score adjustment as the decimal text written to
     /// `/proc/self/oom_score_adj`.
     pub oom_score_adj: Option<CString>,
