@@ -444,7 +444,6 @@ impl Cri {
                     oom_score_adj: adj,
                     ..Default::default()
                 }),
-                ..Default::default()
             }),
             ..Default::default()
         };

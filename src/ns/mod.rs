@@ -67,6 +67,11 @@ pub enum Error {
         "the seccomp profile in {config} cannot be applied ({reason}): nothing runs unconfined"
     )]
     Seccomp { config: PathBuf, reason: String },
+    #[error(
+        "the seccomp policy the runtime sent for the container of pid {pid} cannot be applied \
+         ({reason}): nothing runs unconfined"
+    )]
+    RuntimeSeccomp { pid: u32, reason: String },
     #[error("network namespace {netns}: {reason}")]
     Netns { netns: String, reason: String },
 }

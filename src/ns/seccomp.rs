@@ -20,57 +20,15 @@
 use std::io::{Read, Seek};
 use std::os::fd::{FromRawFd, OwnedFd};
 
+pub use crate::model::{SeccompArg as Arg, SeccompProfile as Profile};
 use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
 };
-use serde::Deserialize;
 
 /// The most instructions the kernel accepts in one filter (`BPF_MAXINSNS`).
 const MAX_INSNS: usize = 4096;
 /// System calls have at most six arguments.
 const MAX_ARGS: u32 = 6;
-
-/// `linux.seccomp` of an OCI spec, as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Profile {
-    pub default_action: String,
-    #[serde(default)]
-    pub default_errno_ret: Option<u32>,
-    #[serde(default)]
-    pub architectures: Option<Vec<String>>,
-    #[serde(default)]
-    pub flags: Option<Vec<String>>,
-    #[serde(default)]
-    pub listener_path: Option<String>,
-    #[serde(default)]
-    pub listener_metadata: Option<String>,
-    #[serde(default)]
-    pub syscalls: Option<Vec<SyscallRule>>,
-}
-
-/// One entry of `syscalls`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SyscallRule {
-    pub names: Vec<String>,
-    pub action: String,
-    #[serde(default)]
-    pub errno_ret: Option<u32>,
-    #[serde(default)]
-    pub args: Option<Vec<Arg>>,
-}
-
-/// One argument condition.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Arg {
-    pub index: u32,
-    pub value: u64,
-    #[serde(default)]
-    pub value_two: u64,
-    pub op: String,
-}
 
 /// One condition on an argument, as libseccomp takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -165,7 +165,7 @@ impl Plan {
         argv: &[String],
     ) -> Result<Plan, Error> {
         // First: without the container's confinement nothing may run.
-        let confinement = Confinement::from_bundle(sys, pid, bundle)?;
+        let confinement = Confinement::resolve(sys, pid, bundle, process)?;
         let namespaces = differing(sys, pid)?;
         let userns = namespaces.contains(&NsKind::User);
         let identity = Identity::resolve(sys, pid, process, bundle, userns)?;
