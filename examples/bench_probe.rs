@@ -31,6 +31,7 @@ use nri_lifecycle::hooks::{self, Outcome as HookOutcome, Target};
 use nri_lifecycle::logging::Logging;
 use nri_lifecycle::model::{
     Capabilities, Container, ContainerState, EventKind, Mount, Namespace, Pod, ProcessSpec,
+    RuntimeSeccomp,
 };
 use nri_lifecycle::node::Node;
 use nri_lifecycle::nri::wire::api::ContainerState as WireState;
@@ -322,6 +323,15 @@ fn target_from(file: &Path) -> Res<Target> {
             inheritable: strings(&caps["inheritable"]),
             ambient: strings(&caps["ambient"]),
         }),
+        oom_score_adj: p["oomScoreAdj"].as_i64(),
+        // As NRI v0.10 runtimes send it: the policy itself, or none.
+        seccomp: match &spec["linux"]["seccomp"] {
+            Value::Null => RuntimeSeccomp::Unconfined,
+            policy => RuntimeSeccomp::Policy(
+                serde_json::from_value(policy.clone())
+                    .map_err(|e| format!("{}: linux.seccomp: {e}", file.display()))?,
+            ),
+        },
     };
     let namespaces: Vec<Namespace> = spec["linux"]["namespaces"]
         .as_array()

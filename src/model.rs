@@ -93,6 +93,66 @@ pub struct ProcessSpec {
     pub no_new_privileges: bool,
     /// Capability names (`CAP_...`), `None` when the runtime did not send them.
     pub capabilities: Option<Capabilities>,
+    /// `process.oomScoreAdj` (NRI sends it with the container's Linux part), `None` when
+    /// not sent.
+    pub oom_score_adj: Option<i64>,
+    /// The container's seccomp confinement as the runtime reported it.
+    pub seccomp: RuntimeSeccomp,
+}
+
+/// What the runtime said about a container's seccomp filter. Runtimes with NRI v0.10 or
+/// later send the policy itself; older ones say nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RuntimeSeccomp {
+    /// Nothing was said.
+    #[default]
+    Unknown,
+    /// The container runs without a filter.
+    Unconfined,
+    /// The container runs with this profile.
+    Policy(SeccompProfile),
+}
+
+/// An OCI seccomp profile (`linux.seccomp` of a spec), as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeccompProfile {
+    pub default_action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_errno_ret: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architectures: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener_metadata: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscalls: Option<Vec<SeccompSyscall>>,
+}
+
+/// One entry of a seccomp profile's `syscalls`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeccompSyscall {
+    pub names: Vec<String>,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno_ret: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<SeccompArg>>,
+}
+
+/// One argument condition of a seccomp rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeccompArg {
+    pub index: u32,
+    pub value: u64,
+    #[serde(default)]
+    pub value_two: u64,
+    pub op: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

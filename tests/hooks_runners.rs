@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
-use std::os::unix::fs::{symlink, MetadataExt};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,8 +27,12 @@ const POD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const OTHER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
 const APPLETS: &[&str] = &[
     "sh", "sleep", "cat", "echo", "ls", "pwd", "env", "yes", "head", "mount", "hostname", "ip",
-    "true", "false", "touch", "id", "setsid",
+    "true", "false", "touch", "id", "setsid", "mkdir",
 ];
+
+/// The bundle's `config.json` of a container without seccomp or OOM score: the hook needs the
+/// spec to know that.
+const PLAIN_CONFIG: &str = r#"{"ociVersion":"1.0.2","linux":{}}"#;
 
 /// These tests build their containers with namespaces and cgroups: without root they fail
 /// (loudly) rather than pass.
@@ -48,12 +52,24 @@ struct Container {
     init_fd: Arc<PidFd>,
     _root: tempfile::TempDir,
     root_path: PathBuf,
+    /// The OCI bundle directory: only its `config.json`.
+    bundle: tempfile::TempDir,
     cgroups: Vec<PathBuf>,
 }
 
 impl Container {
     fn start() -> Container {
+        Container::start_with(PLAIN_CONFIG)
+    }
+
+    /// A container whose bundle's `config.json` is `config`.
+    fn start_with(config: &str) -> Container {
         require_root();
+        let bundle = tempfile::Builder::new()
+            .prefix("nrilc-bundle")
+            .tempdir()
+            .unwrap();
+        std::fs::write(bundle.path().join("config.json"), config).unwrap();
         let root = tempfile::Builder::new()
             .prefix("nrilc-root")
             .tempdir()
@@ -70,6 +86,8 @@ impl Container {
         ] {
             std::fs::create_dir_all(r.join(d)).unwrap();
         }
+        // writable for the container's non-root user, as a real /tmp
+        std::fs::set_permissions(r.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
         std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
         for a in APPLETS {
             symlink("busybox", r.join("bin").join(a)).unwrap();
@@ -150,6 +168,7 @@ impl Container {
             init_fd,
             root_path: r,
             _root: root,
+            bundle,
             cgroups,
         }
     }
@@ -159,6 +178,7 @@ impl Container {
             container_id: "c1".into(),
             init: Some(Arc::clone(&self.init_fd)),
             pod_ips: vec![IpAddr::V4(POD_IP)],
+            bundle: Some(self.bundle.path().to_path_buf()),
             ..Default::default()
         }
     }
@@ -327,6 +347,108 @@ async fn entering_failure_runs_nothing() {
         Outcome::ContainerGone
     );
     assert!(!Path::new(&marker).exists());
+}
+
+/// A seccomp profile that lets everything through but `mkdir` (both system calls), in the
+/// shape containerd writes into the bundle.
+const NO_MKDIR: &str = r#"{"ociVersion":"1.0.2",
+    "process":{"oomScoreAdj":321},
+    "linux":{"seccomp":{
+        "defaultAction":"SCMP_ACT_ALLOW",
+        "architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86","SCMP_ARCH_X32"],
+        "syscalls":[{"names":["mkdir","mkdirat","no_such_syscall"],"action":"SCMP_ACT_ERRNO"}]}}}"#;
+
+#[tokio::test]
+async fn exec_hook_gets_the_container_seccomp_filter_and_oom_score() {
+    let c = Container::start_with(NO_MKDIR);
+    let t = c.target();
+    let out = ok_output(
+        &exec(&[
+            "sh",
+            "-c",
+            "mkdir /tmp/made 2>&1; echo rc=$?; cat /proc/self/status /proc/self/oom_score_adj",
+        ]),
+        &t,
+    )
+    .await;
+    assert!(out.contains("Operation not permitted"), "{out}");
+    assert!(out.contains("rc=1"), "{out}");
+    assert!(!c.root_path.join("tmp/made").exists());
+    let fields: BTreeMap<&str, &str> = out
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k, v.trim()))
+        .collect();
+    assert_eq!(fields.get("Seccomp"), Some(&"2"), "{out}");
+    assert_eq!(fields.get("Seccomp_filters"), Some(&"1"), "{out}");
+    assert_eq!(out.lines().last(), Some("321"), "{out}");
+    // the container's own init is not affected by any of this
+    let init = std::fs::read_to_string(format!("/proc/{}/status", c.init)).unwrap();
+    assert!(init.contains("Seccomp:\t0"), "{init}");
+
+    // the same container without the profile: mkdir works (the filter above made the
+    // difference)
+    let plain = Container::start();
+    let out = ok_output(
+        &exec(&["sh", "-c", "mkdir /tmp/made && echo made"]),
+        &plain.target(),
+    )
+    .await;
+    assert_eq!(out.trim(), "made");
+}
+
+#[tokio::test]
+async fn a_profile_we_cannot_serve_or_no_spec_runs_nothing() {
+    let notify = r#"{"linux":{"seccomp":{"defaultAction":"SCMP_ACT_ALLOW",
+        "listenerPath":"/run/agent.sock",
+        "syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_NOTIFY"}]}}}"#;
+    let c = Container::start_with(notify);
+    let marker = "tmp/ran";
+    let touch = exec(&["touch", &format!("/{marker}")]);
+    match run_hook(&touch, &c.target(), &Limits::default()).await {
+        Outcome::Failed { reason } => {
+            assert!(reason.contains("SCMP_ACT_NOTIFY"), "{reason}");
+            assert!(reason.contains("seccomp"), "{reason}");
+        }
+        other => panic!("ran despite an unservable profile: {other:?}"),
+    }
+    assert!(!c.root_path.join(marker).exists());
+
+    // no bundle known, or none on disk: the filter cannot be known, nothing runs
+    let mut t = c.target();
+    t.bundle = None;
+    match run_hook(&touch, &t, &Limits::default()).await {
+        Outcome::Failed { reason } => assert!(reason.contains("bundle is not known"), "{reason}"),
+        other => panic!("ran without a spec: {other:?}"),
+    }
+    t.bundle = Some(c.bundle.path().join("gone"));
+    match run_hook(&touch, &t, &Limits::default()).await {
+        Outcome::Failed { reason } => {
+            assert!(reason.contains("cannot be read"), "{reason}");
+            assert!(reason.contains("config.json"), "{reason}");
+        }
+        other => panic!("ran without a spec: {other:?}"),
+    }
+    assert!(!c.root_path.join(marker).exists());
+}
+
+#[tokio::test]
+async fn exec_hook_rlimits_and_umask_are_the_container_s() {
+    let c = Container::start();
+    let t = c.target();
+    let limits = ok_output(&exec(&["cat", "/proc/self/limits"]), &t).await;
+    let want = std::fs::read_to_string(format!("/proc/{}/limits", c.init)).unwrap();
+    assert_eq!(limits, want);
+    let umask = |status: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with("Umask:"))
+            .map(str::to_string)
+    };
+    let status = ok_output(&exec(&["cat", "/proc/self/status"]), &t).await;
+    let want = std::fs::read_to_string(format!("/proc/{}/status", c.init)).unwrap();
+    assert!(umask(&status).is_some(), "{status}");
+    assert_eq!(umask(&status), umask(&want));
 }
 
 /// A host process (`sleep`) started with exactly PID `pid` (clone3 with `set_tid`, which

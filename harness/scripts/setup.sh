@@ -2,10 +2,10 @@
 # Installs everything the private-node harness needs, idempotently.
 #
 # - bookworm packages through the system's apt: runc, busybox-static, protobuf-compiler,
-#   iproute2, debian-archive-keyring, systemd (only when missing). protoc is for the harness
-#   alone: its CRI client crate (k8s-cri) generates its code with it; the plugin builds
-#   without. systemd is for `systemd-analyze verify` of the packaged unit: installing it
-#   does not start it, nor need it as PID 1;
+#   iproute2, debian-archive-keyring, libseccomp-dev, systemd (only when missing). protoc
+#   is for the harness alone: its CRI client crate (k8s-cri) generates its code with it; the
+#   plugin builds without, but links libseccomp. systemd is for `systemd-analyze verify` of
+#   the packaged unit: installing it does not start it, nor need it as PID 1;
 # - containerd 1.7 (trixie), containerd 2.1 (sid) and the CNI plugins (sid) as .deb files,
 #   fetched through a private apt configuration and unpacked with `dpkg -x` into the cache
 #   (the system's packages are never touched);
@@ -44,7 +44,7 @@ exec 9>"$cache/.setup.lock"
 flock 9
 
 # ---------------------------------------------------------------- system packages
-system_pkgs=(runc busybox-static protobuf-compiler iproute2 debian-archive-keyring systemd)
+system_pkgs=(runc busybox-static protobuf-compiler iproute2 debian-archive-keyring libseccomp-dev systemd)
 missing=()
 for p in "${system_pkgs[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

@@ -127,6 +127,20 @@ pub struct ContainerSpec {
     pub mounts: Vec<MountSpec>,
     /// Mount a termination-message file at `/dev/termination-log`, like the kubelet.
     pub termination_message: bool,
+    /// The container's seccomp profile (`None`: none sent, which containerd runs unconfined).
+    pub seccomp: Option<Seccomp>,
+    /// The container's OOM score adjustment, as the kubelet sets it per QoS class.
+    pub oom_score_adj: Option<i64>,
+}
+
+/// A seccomp profile as the kubelet names it in the container's security context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seccomp {
+    /// The runtime's default profile.
+    RuntimeDefault,
+    Unconfined,
+    /// A profile file on the node (absolute path).
+    Localhost(PathBuf),
 }
 
 impl ContainerSpec {
@@ -410,9 +424,26 @@ impl Cri {
                         .as_ref()
                         .and_then(|l| l.security_context.as_ref())
                         .and_then(|s| s.namespace_options.clone()),
+                    seccomp: spec.seccomp.as_ref().map(|s| {
+                        use cri::security_profile::ProfileType;
+                        let (kind, path) = match s {
+                            Seccomp::RuntimeDefault => (ProfileType::RuntimeDefault, None),
+                            Seccomp::Unconfined => (ProfileType::Unconfined, None),
+                            Seccomp::Localhost(p) => (ProfileType::Localhost, Some(p)),
+                        };
+                        cri::SecurityProfile {
+                            profile_type: kind as i32,
+                            localhost_ref: path
+                                .map(|p| p.to_string_lossy().into_owned())
+                                .unwrap_or_default(),
+                        }
+                    }),
                     ..Default::default()
                 }),
-                ..Default::default()
+                resources: spec.oom_score_adj.map(|adj| cri::LinuxContainerResources {
+                    oom_score_adj: adj,
+                    ..Default::default()
+                }),
             }),
             ..Default::default()
         };

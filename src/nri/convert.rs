@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use crate::model::{
     Adjustment, Container, ContainerState, EventKind, Mount, Namespace, Pod, ProcessSpec,
+    RuntimeSeccomp, SeccompArg, SeccompProfile, SeccompSyscall,
 };
 use crate::nri::wire::api;
 
@@ -88,9 +89,14 @@ pub fn container(wire: api::Container) -> Container {
         Some(user) => (Some(user.uid), Some(user.gid), user.additional_gids),
         None => (None, None, Vec::new()),
     };
-    let (ns, cgroups_path) = match wire.linux.into_option() {
-        Some(linux) => (namespaces(linux.namespaces), linux.cgroups_path),
-        None => (Vec::new(), String::new()),
+    let (ns, cgroups_path, oom_score_adj, seccomp) = match wire.linux.into_option() {
+        Some(linux) => (
+            namespaces(linux.namespaces),
+            linux.cgroups_path,
+            linux.oom_score_adj.into_option().map(|o| o.value),
+            runtime_seccomp(linux.seccomp_profile, linux.seccomp_policy),
+        ),
+        None => (Vec::new(), String::new(), None, RuntimeSeccomp::Unknown),
     };
     Container {
         id: wire.id,
@@ -106,11 +112,60 @@ pub fn container(wire: api::Container) -> Container {
             uid,
             gid,
             additional_gids,
+            oom_score_adj,
+            seccomp,
             ..Default::default()
         },
         namespaces: ns,
         cgroups_path,
         pid: wire.pid,
+    }
+}
+
+/// The seccomp confinement NRI reports: the policy when sent (it is what the runtime
+/// applies), else "unconfined" only when the profile says so; anything else says nothing.
+fn runtime_seccomp(
+    profile: protobuf::MessageField<api::SecurityProfile>,
+    policy: protobuf::MessageField<api::LinuxSeccomp>,
+) -> RuntimeSeccomp {
+    if let Some(p) = policy.into_option() {
+        let errno =
+            |v: protobuf::MessageField<api::OptionalUInt32>| v.into_option().map(|o| o.value);
+        let list = |v: Vec<String>| (!v.is_empty()).then_some(v);
+        let text = |v: String| (!v.is_empty()).then_some(v);
+        return RuntimeSeccomp::Policy(SeccompProfile {
+            default_action: p.default_action,
+            default_errno_ret: errno(p.default_errno),
+            architectures: list(p.architectures),
+            flags: list(p.flags),
+            listener_path: text(p.listener_path),
+            listener_metadata: text(p.listener_metadata),
+            syscalls: Some(
+                p.syscalls
+                    .into_iter()
+                    .map(|s| SeccompSyscall {
+                        names: s.names,
+                        action: s.action,
+                        errno_ret: errno(s.errno_ret),
+                        args: Some(
+                            s.args
+                                .into_iter()
+                                .map(|a| SeccompArg {
+                                    index: a.index,
+                                    value: a.value,
+                                    value_two: a.value_two,
+                                    op: a.op,
+                                })
+                                .collect(),
+                        ),
+                    })
+                    .collect(),
+            ),
+        });
+    }
+    match profile.into_option().map(|p| p.profile_type.enum_value()) {
+        Some(Ok(api::security_profile::ProfileType::UNCONFINED)) => RuntimeSeccomp::Unconfined,
+        _ => RuntimeSeccomp::Unknown,
     }
 }
 
@@ -273,6 +328,79 @@ mod tests {
         // No user on the wire (older runtimes): unknown, not root.
         let c = container(api::Container::default());
         assert_eq!(c.process.uid, None);
+        assert_eq!(c.process.oom_score_adj, None);
+        assert_eq!(c.process.seccomp, RuntimeSeccomp::Unknown);
+    }
+
+    #[test]
+    fn oom_score_and_seccomp_come_from_the_linux_part() {
+        let with = |linux: api::LinuxContainer| {
+            container(api::Container {
+                linux: protobuf::MessageField::some(linux),
+                ..Default::default()
+            })
+            .process
+        };
+        let profile = |kind| {
+            protobuf::MessageField::some(api::SecurityProfile {
+                profile_type: protobuf::EnumOrUnknown::new(kind),
+                ..Default::default()
+            })
+        };
+        let p = with(api::LinuxContainer {
+            oom_score_adj: protobuf::MessageField::some(api::OptionalInt {
+                value: -997,
+                ..Default::default()
+            }),
+            seccomp_profile: profile(api::security_profile::ProfileType::UNCONFINED),
+            ..Default::default()
+        });
+        assert_eq!(p.oom_score_adj, Some(-997));
+        assert_eq!(p.seccomp, RuntimeSeccomp::Unconfined);
+        // "runtime default" without the policy itself says nothing usable
+        let p = with(api::LinuxContainer {
+            seccomp_profile: profile(api::security_profile::ProfileType::RUNTIME_DEFAULT),
+            ..Default::default()
+        });
+        assert_eq!(p.seccomp, RuntimeSeccomp::Unknown);
+
+        let p = with(api::LinuxContainer {
+            seccomp_profile: profile(api::security_profile::ProfileType::UNCONFINED),
+            seccomp_policy: protobuf::MessageField::some(api::LinuxSeccomp {
+                default_action: "SCMP_ACT_ERRNO".into(),
+                default_errno: protobuf::MessageField::some(api::OptionalUInt32 {
+                    value: 1,
+                    ..Default::default()
+                }),
+                architectures: vec!["SCMP_ARCH_X86_64".into()],
+                syscalls: vec![api::LinuxSyscall {
+                    names: vec!["clone".into()],
+                    action: "SCMP_ACT_ALLOW".into(),
+                    args: vec![api::LinuxSeccompArg {
+                        index: 0,
+                        value: 2114060288,
+                        value_two: 0,
+                        op: "SCMP_CMP_MASKED_EQ".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let RuntimeSeccomp::Policy(policy) = p.seccomp else {
+            panic!("no policy: {:?}", p.seccomp);
+        };
+        assert_eq!(policy.default_errno_ret, Some(1));
+        assert_eq!(policy.flags, None);
+        let syscalls = policy.syscalls.unwrap();
+        assert_eq!(syscalls[0].errno_ret, None);
+        let args = syscalls[0].args.as_ref().unwrap();
+        assert_eq!(
+            (args[0].value, args[0].op.as_str()),
+            (2114060288, "SCMP_CMP_MASKED_EQ")
+        );
     }
 
     #[test]

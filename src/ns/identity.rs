@@ -390,6 +390,8 @@ pub fn from_bundle(sys: &dyn Sys, config: &Path) -> Result<Option<ProcessSpec>, 
             .and_then(|b| b.as_bool())
             .unwrap_or(false),
         capabilities,
+        // The bundle's seccomp and OOM score are read by `confinement`.
+        ..Default::default()
     }))
 }
 

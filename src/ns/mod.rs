@@ -6,15 +6,20 @@
 //!   which of a process's namespaces differ from ours.
 //! - [`identity`]: who a container's processes are (uid, gids, env, cwd, capabilities,
 //!   no_new_privs, cgroups), from the runtime's spec, the bundle or `/proc`.
+//! - [`confinement`]: what else confines them (the seccomp filter, the OOM score
+//!   adjustment), from the bundle's OCI spec; fails closed.
+//! - [`seccomp`]: an OCI seccomp profile compiled into a BPF program with libseccomp.
 //! - [`enter`]: starting a command inside a container (the exec hook's engine).
 //! - [`netsock`]: sockets created inside a network namespace.
 //! - [`sys`]: the few reads of `/proc` behind a trait, with a recording fake for unit tests.
 
+pub mod confinement;
 pub mod enter;
 pub mod identity;
 pub mod namespace;
 pub mod netsock;
 pub mod pidfd;
+pub mod seccomp;
 pub mod sys;
 
 use std::path::PathBuf;
@@ -53,6 +58,20 @@ pub enum Error {
     },
     #[error("invalid argument for container of pid {pid}: {reason}")]
     Invalid { pid: u32, reason: String },
+    #[error(
+        "the OCI spec of the container of pid {pid} cannot be read ({reason}): its seccomp \
+         filter cannot be known, so nothing runs"
+    )]
+    NoSpec { pid: u32, reason: String },
+    #[error(
+        "the seccomp profile in {config} cannot be applied ({reason}): nothing runs unconfined"
+    )]
+    Seccomp { config: PathBuf, reason: String },
+    #[error(
+        "the seccomp policy the runtime sent for the container of pid {pid} cannot be applied \
+         ({reason}): nothing runs unconfined"
+    )]
+    RuntimeSeccomp { pid: u32, reason: String },
     #[error("network namespace {netns}: {reason}")]
     Netns { netns: String, reason: String },
 }

@@ -40,6 +40,11 @@ pub fn enter<S: Syscalls>(
     root: RawFd,
 ) -> Result<(), Failed> {
     sys.set_undumpable().at(Step::Dumpable)?;
+    // Still in our own user namespace, where lowering the score is allowed; inherited by the
+    // forks that follow, as runc sets it before entering the container.
+    if let Some(adj) = &plan.oom_score_adj {
+        sys.set_oom_score_adj(adj).at(Step::OomScoreAdj)?;
+    }
     for procs in cgroup_procs {
         sys.join_cgroup(procs).at(Step::JoinCgroup)?;
     }
@@ -52,9 +57,19 @@ pub fn enter<S: Syscalls>(
 /// The hook process, before exec: a new session; the bounding set reduced to the
 /// container's; groups, gid, then uid (capabilities kept across the uid change); the
 /// effective, permitted and inheritable sets; the ambient set; no_new_privs when the
-/// container has it; the working directory. Stops at the first failure.
+/// container has it; the working directory; the container's seccomp filter. Stops at the
+/// first failure.
+///
+/// The filter goes where runc puts it: with no_new_privs, last (after no_new_privs, so the
+/// kernel allows it without `CAP_SYS_ADMIN`, and the filter never sees our own set-up
+/// calls); without no_new_privs, right after `setsid`, while the process still holds
+/// `CAP_SYS_ADMIN` (loading a filter without no_new_privs needs it), before any privilege
+/// is dropped.
 pub fn become_hook<S: Syscalls>(sys: &S, plan: &Plan) -> Result<(), Failed> {
     sys.setsid().at(Step::Setsid)?;
+    if let (Some(filter), false) = (&plan.seccomp, plan.no_new_privs) {
+        sys.seccomp(filter).at(Step::Seccomp)?;
+    }
     for cap in 0..=plan.last_cap {
         if plan.caps.bounding & (1u64 << cap) == 0 {
             sys.drop_bounding(cap).at(Step::DropBounding)?;
@@ -77,7 +92,11 @@ pub fn become_hook<S: Syscalls>(sys: &S, plan: &Plan) -> Result<(), Failed> {
     if plan.no_new_privs {
         sys.set_no_new_privs().at(Step::NoNewPrivs)?;
     }
-    sys.chdir(&plan.cwd).at(Step::Chdir)
+    sys.chdir(&plan.cwd).at(Step::Chdir)?;
+    if let (Some(filter), true) = (&plan.seccomp, plan.no_new_privs) {
+        sys.seccomp(filter).at(Step::Seccomp)?;
+    }
+    Ok(())
 }
 
 /// Executes the first candidate that can be executed. Returns only when none could, with
@@ -99,6 +118,7 @@ pub fn exec<S: Syscalls>(sys: &S, plan: &Plan) -> Failed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ns::confinement::Confinement;
     use crate::ns::enter::syscalls::fake::{Call, Recorder};
     use crate::ns::identity::{CapSets, Identity, Source};
     use crate::ns::namespace::NsKind;
@@ -230,6 +250,99 @@ mod tests {
             Err(Failed {
                 step: Step::Chdir,
                 errno: libc::ENOENT
+            })
+        );
+    }
+
+    fn confined(no_new_privs: bool) -> (Plan, usize) {
+        let profile: crate::ns::seccomp::Profile = serde_json::from_str(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","flags":["SECCOMP_FILTER_FLAG_LOG"],
+                "syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        )
+        .unwrap();
+        let filter = crate::ns::seccomp::compile(&profile).unwrap();
+        let len = filter.program().len();
+        let plan = plan(vec![], no_new_privs).confined(Confinement {
+            seccomp: Some(std::sync::Arc::new(filter)),
+            oom_score_adj: Some(-3),
+        });
+        (plan, len)
+    }
+
+    #[test]
+    fn the_oom_score_is_set_first_in_our_own_namespaces() {
+        let sys = Recorder::default();
+        let (p, _) = confined(true);
+        enter(&sys, &p, [7].into_iter(), 3, 9).unwrap();
+        assert_eq!(
+            sys.calls(),
+            vec![
+                Call::SetUndumpable,
+                Call::OomScoreAdj("-3".into()),
+                Call::JoinCgroup(7),
+                Call::EnterRoot(9),
+            ]
+        );
+        let sys = Recorder::failing(Call::OomScoreAdj("-3".into()), libc::EACCES);
+        assert_eq!(
+            enter(&sys, &p, [7].into_iter(), 3, 9),
+            Err(Failed {
+                step: Step::OomScoreAdj,
+                errno: libc::EACCES
+            })
+        );
+        assert!(!sys.calls().contains(&Call::EnterRoot(9)));
+    }
+
+    #[test]
+    fn seccomp_is_last_with_no_new_privs_and_first_without() {
+        let log = libc::SECCOMP_FILTER_FLAG_LOG;
+        let sys = Recorder::default();
+        let (p, len) = confined(true);
+        become_hook(&sys, &p).unwrap();
+        let calls = sys.calls();
+        assert_eq!(
+            calls[calls.len() - 3..],
+            [
+                Call::SetNoNewPrivs,
+                Call::Chdir("/home/app".into()),
+                Call::Seccomp(len, log)
+            ]
+        );
+        assert_eq!(
+            calls
+                .iter()
+                .filter(|c| matches!(c, Call::Seccomp(..)))
+                .count(),
+            1
+        );
+
+        // without no_new_privs the filter needs CAP_SYS_ADMIN: before anything is dropped
+        let sys = Recorder::default();
+        let (p, len) = confined(false);
+        become_hook(&sys, &p).unwrap();
+        let calls = sys.calls();
+        assert_eq!(
+            calls[..3],
+            [Call::Setsid, Call::Seccomp(len, log), Call::DropBounding(0)]
+        );
+        assert_eq!(
+            calls
+                .iter()
+                .filter(|c| matches!(c, Call::Seccomp(..)))
+                .count(),
+            1
+        );
+        assert_eq!(calls.last(), Some(&Call::Chdir("/home/app".into())));
+
+        // a filter the kernel refuses stops everything: the command never runs unconfined
+        let (p, len) = confined(true);
+        let sys = Recorder::failing(Call::Seccomp(len, log), libc::EINVAL);
+        assert_eq!(
+            become_hook(&sys, &p),
+            Err(Failed {
+                step: Step::Seccomp,
+                errno: libc::EINVAL
             })
         );
     }

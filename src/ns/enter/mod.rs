@@ -6,7 +6,8 @@
 //!   (which namespaces differ from ours, its identity, its cgroups) and [`Plan::new`] decides
 //!   every argument of every system call to come: namespace flags, `cgroup.procs` files,
 //!   uid, gids, capability sets, no_new_privs, working directory, argument and environment
-//!   arrays, candidate paths from the container's `PATH`.
+//!   arrays, candidate paths from the container's `PATH`, the compiled seccomp filter and the
+//!   OOM score adjustment (see [`crate::ns::confinement`]).
 //! - [`child`]: which system calls the forked processes make, in which order, as sequences
 //!   over the [`syscalls::Syscalls`] trait (unit-tested with a recording fake).
 //! - [`syscalls`]: that trait and its real, allocation-free implementation.
@@ -23,7 +24,7 @@
 //! prepared data (no allocation, no locks, no logging, every return value checked):
 //!
 //! 1. **C1** (the process `Command` forks): resets signal handlers, becomes non-dumpable,
-//!    writes itself into every cgroup hierarchy of the container (v1: each one; v2: the
+//!    sets the container's OOM score adjustment (still in our user namespace), writes itself into every cgroup hierarchy of the container (v1: each one; v2: the
 //!    unified one), enters all namespaces that differ from ours with a single
 //!    `setns(pidfd, flags)` (user, mount, pid, net, ipc, uts, cgroup, time — atomic, and a
 //!    recycled PID can never be entered), takes the container's root directory, then forks
@@ -37,8 +38,9 @@
 //! 3. **C3** (the hook): starts a new session, drops the bounding set to the container's,
 //!    sets groups, gid and uid (keeping capabilities across the uid change), sets effective,
 //!    permitted and inheritable sets with `capset`, raises the ambient set, sets
-//!    no_new_privs when the container has it, changes to the container's working directory
-//!    and `execve`s the first candidate from the container's `PATH` with the container's
+//!    no_new_privs when the container has it, changes to the container's working directory,
+//!    loads the container's seccomp filter (without no_new_privs: right after `setsid`,
+//!    while it still may, as runc does) and `execve`s the first candidate from the container's `PATH` with the container's
 //!    environment. stdin is `/dev/null`; stdout and stderr go to one pipe.
 //!
 //! Any failing step is reported with its [`Step`] code and errno over the report pipe and
@@ -46,10 +48,8 @@
 //!
 //! # What is not applied
 //!
-//! - seccomp: the container's seccomp filter is **not** installed for the hook.
-//! - LSM labels: the AppArmor profile and the SELinux process label are **not** applied.
-//! - rlimits, the OOM score adjustment, the container's `umask` and the hostname-related
-//!   `/etc/hosts` view are inherited from the plugin / the namespaces, not set from the spec.
+//! - LSM labels: the AppArmor profile and the SELinux process label are **not** applied yet.
+//! - rlimits and the `umask` are inherited (as with `runc exec`), not set from the spec.
 //! - Processes a hook leaves behind after it exits normally (daemons) are re-parented to
 //!   the container's init, as with `runc exec`; only a timeout or cancellation kills them.
 

@@ -8,10 +8,13 @@
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::model::ProcessSpec;
+use crate::ns::confinement::Confinement;
 use crate::ns::identity::{cgroup_dirs, CapSets, Identity, Source};
 use crate::ns::namespace::{differing, NsKind};
+use crate::ns::seccomp::Filter;
 use crate::ns::sys::Sys;
 use crate::ns::Error;
 
@@ -90,6 +93,11 @@ pub struct Plan {
     pub candidates: Vec<CString>,
     /// Where the identity came from (for logs).
     pub source: Source,
+    /// The container's seccomp filter, compiled; installed last in the hook process.
+    pub seccomp: Option<Arc<Filter>>,
+    /// The container's OOM score adjustment as the decimal text written to
+    /// `/proc/self/oom_score_adj`.
+    pub oom_score_adj: Option<CString>,
 }
 
 fn cstring(pid: u32, what: &str, s: &str) -> Result<CString, Error> {
@@ -143,7 +151,9 @@ fn last_cap(sys: &dyn Sys) -> u32 {
 impl Plan {
     /// Reads the facts about the container whose init is `pid` and plans running `argv` in
     /// it. `process` is the runtime's process spec, `bundle` the OCI bundle (see
-    /// [`Identity::resolve`] for which source wins).
+    /// [`Identity::resolve`] for which source wins). The seccomp filter and the OOM score
+    /// adjustment come from the bundle's `config.json` only, and without it nothing is
+    /// planned (see [`Confinement`]).
     ///
     /// What is read from `/proc/<pid>` belongs to the init only if it is still alive
     /// afterwards: the launch checks its pidfd after opening the last descriptor it needs.
@@ -154,11 +164,16 @@ impl Plan {
         bundle: Option<&Path>,
         argv: &[String],
     ) -> Result<Plan, Error> {
+        // First: without the container's confinement nothing may run.
+        let confinement = Confinement::resolve(sys, pid, bundle, process)?;
         let namespaces = differing(sys, pid)?;
         let userns = namespaces.contains(&NsKind::User);
         let identity = Identity::resolve(sys, pid, process, bundle, userns)?;
         let dirs = cgroup_dirs(sys, pid, &identity.cgroups)?;
-        Plan::new(pid, &identity, namespaces, &dirs, argv, last_cap(sys))
+        Ok(
+            Plan::new(pid, &identity, namespaces, &dirs, argv, last_cap(sys))?
+                .confined(confinement),
+        )
     }
 
     /// Plans running `argv` with `identity` inside the cgroup directories `cgroup_dirs`,
@@ -203,7 +218,18 @@ impl Plan {
             )?),
             candidates: cstrings(pid, "command path", found.iter().map(String::as_str))?,
             source: identity.source,
+            seccomp: None,
+            oom_score_adj: None,
         })
+    }
+
+    /// The plan with the container's seccomp filter and OOM score adjustment.
+    pub fn confined(mut self, confinement: Confinement) -> Plan {
+        self.seccomp = confinement.seccomp;
+        self.oom_score_adj = confinement
+            .oom_score_adj
+            .and_then(|adj| CString::new(adj.to_string()).ok());
+        self
     }
 
     /// Whether the environment has no `HOME` (see [`Plan::add_home`]).
@@ -389,6 +415,12 @@ mod tests {
                 "30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n",
             )
             .file("/proc/sys/kernel/cap_last_cap", "38\n")
+            .file(
+                "/b/config.json",
+                r#"{"process":{"oomScoreAdj":-5},"linux":{"seccomp":{
+                    "defaultAction":"SCMP_ACT_ALLOW",
+                    "syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}}}"#,
+            )
             .link("/proc/9/cwd", "/rootfs/srv")
             .link("/proc/9/root", "/rootfs");
         for (i, kind) in NsKind::ALL.iter().enumerate() {
@@ -402,7 +434,8 @@ mod tests {
             uid: Some(7),
             ..Default::default()
         };
-        let plan = Plan::gather(&sys, 9, Some(&runtime), None, &argv(&["sh"])).unwrap();
+        let bundle = Some(Path::new("/b"));
+        let plan = Plan::gather(&sys, 9, Some(&runtime), bundle, &argv(&["sh"])).unwrap();
         assert_eq!(plan.namespaces, vec![NsKind::Net]);
         assert_eq!(plan.ns_flags, libc::CLONE_NEWNET);
         assert_eq!(plan.uid, 7);
@@ -414,6 +447,13 @@ mod tests {
         );
         assert_eq!(plan.candidates[0].to_str().unwrap(), "/bin/sh");
         assert_eq!(plan.source, Source::Runtime);
+        assert!(plan.seccomp.is_some());
+        assert_eq!(plan.oom_score_adj.as_deref(), Some(c"-5"));
+        // without the bundle's spec nothing is planned
+        assert!(matches!(
+            Plan::gather(&sys, 9, Some(&runtime), None, &argv(&["sh"])),
+            Err(Error::NoSpec { .. })
+        ));
 
         // an unreadable cap_last_cap means the kernel's usual 40
         let sys = FakeSys {
@@ -424,7 +464,7 @@ mod tests {
                 .collect(),
             ..sys
         };
-        let plan = Plan::gather(&sys, 9, None, None, &argv(&["sh"])).unwrap();
+        let plan = Plan::gather(&sys, 9, None, bundle, &argv(&["sh"])).unwrap();
         assert_eq!(plan.last_cap, 40);
     }
 }

@@ -58,6 +58,10 @@ steps! {
     /// `PR_SET_DUMPABLE` off.
     Dumpable => "dumpable",
     Setsid => "setsid",
+    /// Writing the container's OOM score adjustment to `/proc/self/oom_score_adj`.
+    OomScoreAdj => "set oom_score_adj",
+    /// `seccomp(SECCOMP_SET_MODE_FILTER)` with the container's filter.
+    Seccomp => "install seccomp filter",
 }
 
 impl Step {

@@ -15,6 +15,7 @@ use std::ffi::CStr;
 use std::os::fd::RawFd;
 
 use super::plan::CStrings;
+use crate::ns::seccomp::Filter;
 
 /// An `errno` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +61,10 @@ pub trait Syscalls {
     fn set_no_new_privs(&self) -> Result<(), Errno>;
     /// `chdir(dir)`.
     fn chdir(&self, dir: &CStr) -> Result<(), Errno>;
+    /// Writes `value` (a decimal number) to `/proc/self/oom_score_adj`.
+    fn set_oom_score_adj(&self, value: &CStr) -> Result<(), Errno>;
+    /// `seccomp(SECCOMP_SET_MODE_FILTER, flags, program)` of a compiled filter.
+    fn seccomp(&self, filter: &Filter) -> Result<(), Errno>;
     /// `execve(path, argv, envp)`: returns only when it failed, with why.
     fn execve(&self, path: &CStr, argv: &CStrings, envp: &CStrings) -> Errno;
 }
@@ -190,6 +195,59 @@ impl Syscalls for Raw {
         check(unsafe { libc::chdir(dir.as_ptr()) }.into())
     }
 
+    fn set_oom_score_adj(&self, value: &CStr) -> Result<(), Errno> {
+        // SAFETY: open with a static C string; returns a new fd or -1.
+        let fd = unsafe {
+            libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(Errno::last());
+        }
+        let bytes = value.to_bytes();
+        // SAFETY: a write of the C string's bytes to the fd just opened.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        let result = if n == bytes.len() as isize {
+            Ok(())
+        } else if n < 0 {
+            Err(Errno::last())
+        } else {
+            Err(Errno(libc::EIO))
+        };
+        // SAFETY: closing the fd opened above, used by nothing else.
+        unsafe { libc::close(fd) };
+        result
+    }
+
+    fn seccomp(&self, filter: &Filter) -> Result<(), Errno> {
+        let program = filter.program();
+        let prog = libc::sock_fprog {
+            // At most BPF_MAXINSNS (4096): checked when the filter was compiled.
+            len: program.len() as libc::c_ushort,
+            filter: program.as_ptr().cast_mut(),
+        };
+        // SAFETY: the raw system call with integers and a pointer to a sock_fprog on our
+        // stack that points to the filter's instructions; the kernel copies and only reads
+        // them.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                filter.flags(),
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        match rc {
+            0 => Ok(()),
+            // With SECCOMP_FILTER_FLAG_TSYNC, the id of a thread that could not be
+            // synchronised (there is none: this process has one thread).
+            n if n > 0 => Err(Errno(libc::ESRCH)),
+            _ => Err(Errno::last()),
+        }
+    }
+
     fn execve(&self, path: &CStr, argv: &CStrings, envp: &CStrings) -> Errno {
         // SAFETY: a valid C string and two NULL-terminated arrays of valid C strings, all
         // alive for the call (it only returns on failure).
@@ -224,6 +282,9 @@ pub mod fake {
         RaiseAmbient(u32),
         SetNoNewPrivs,
         Chdir(String),
+        OomScoreAdj(String),
+        /// A filter's instruction count and flags.
+        Seccomp(usize, libc::c_ulong),
         Execve(String),
     }
 
@@ -303,6 +364,12 @@ pub mod fake {
         }
         fn chdir(&self, dir: &CStr) -> Result<(), Errno> {
             self.record(Call::Chdir(dir.to_string_lossy().into_owned()))
+        }
+        fn set_oom_score_adj(&self, value: &CStr) -> Result<(), Errno> {
+            self.record(Call::OomScoreAdj(value.to_string_lossy().into_owned()))
+        }
+        fn seccomp(&self, filter: &Filter) -> Result<(), Errno> {
+            self.record(Call::Seccomp(filter.program().len(), filter.flags()))
         }
         fn execve(&self, path: &CStr, _argv: &CStrings, _envp: &CStrings) -> Errno {
             self.calls
