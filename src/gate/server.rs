@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::protocol;
 use super::{inject::is_gated, GateError};
@@ -198,7 +198,7 @@ impl Socket {
                 String::from("unsupported request"),
             )
         } else if let Some(signal) = protocol::decode_stop(&payload[..len]) {
-            info!(container = %self.id, signal, "gate holds a stop signal, running prestop");
+            debug!(container = %self.id, signal, "gate holds a stop signal");
             match self.inbox.stop_requested(&self.id, signal as i32).await {
                 PreStopOutcome::Done => (protocol::STATUS_DONE, String::new()),
                 PreStopOutcome::Failed(r) => (protocol::STATUS_FAILED, r),
