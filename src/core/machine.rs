@@ -24,12 +24,12 @@ use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
 use super::effects::{Effects, GateStatus};
-use super::error::Error;
-use super::{ms, Inbox, Input, PreStopOutcome, Status};
+use super::{ms, Inbox, Index, Input, PreStopOutcome, Status};
 use crate::annotations::{self, HookSpec, Hooks, Phase as HookPhase};
 use crate::config::Config;
 use crate::gate::GateParams;
 use crate::hooks;
+use crate::lock;
 use crate::model::{Adjustment, Container, ContainerState, Event, EventKind, Pod, RuntimeInfo};
 use crate::ns::pidfd::PidFd;
 use crate::ops::{FailOpen, HookResult, Ops};
@@ -114,7 +114,9 @@ pub(super) struct Machine {
     /// (external mode with `--config`) or falls back to the defaults (pre-installed).
     keep_config: bool,
     permits: Arc<Semaphore>,
-    pub(super) table: HashMap<String, Tracked>,
+    table: HashMap<String, Tracked>,
+    /// The table's ids, for the edge (see `Index`): changed only with the table.
+    index: Index,
 }
 
 impl Machine {
@@ -124,8 +126,10 @@ impl Machine {
         effects: Arc<dyn Effects>,
         ops: Arc<Ops>,
         inbox: Inbox,
+        index: Index,
     ) -> Machine {
         Machine {
+            index,
             ops,
             permits: Arc::new(Semaphore::new(config.max_concurrent_hooks)),
             effects,
@@ -151,14 +155,11 @@ impl Machine {
                 self.synchronize(pods, containers);
                 let _ = done.send(());
             }
-            Input::Create {
-                pod,
-                container,
-                reply,
-            } => {
-                let _ = reply.send(self.create(pod, container));
+            Input::Create { created, reply } => {
+                let (pod, container, hooks) = *created;
+                let _ = reply.send(Ok(self.create(pod, container, hooks)));
             }
-            Input::Event { event, done } => self.event(event, done),
+            Input::Event { event, done } => self.event(*event, done),
             Input::GateChecked {
                 container_id,
                 status,
@@ -269,12 +270,8 @@ impl Machine {
         )
     }
 
-    fn create(&mut self, pod: Pod, container: Container) -> Result<Adjustment, Error> {
-        let hooks =
-            annotations::hooks_for(&container.name, &pod.annotations, &container.annotations)?;
-        if hooks.is_empty() {
-            return Ok(Adjustment::default());
-        }
+    /// A container with hooks is created (already validated by the edge).
+    fn create(&mut self, pod: Pod, container: Container, hooks: Hooks) -> Adjustment {
         let mut adjustment = Adjustment::default();
         let mut gate = Gate::Absent;
         if let Some(pre_stop) = &hooks.pre_stop {
@@ -302,18 +299,21 @@ impl Machine {
             gate = gate == Gate::Injected,
             "container has lifecycle hooks"
         );
-        self.table.insert(
-            container.id.clone(),
-            Tracked {
-                pod,
-                container,
-                hooks,
-                gate,
-                init: None,
-                phase: Phase::Created,
-            },
-        );
-        Ok(adjustment)
+        self.track(Tracked {
+            pod,
+            container,
+            hooks,
+            gate,
+            init: None,
+            phase: Phase::Created,
+        });
+        adjustment
+    }
+
+    /// Adds a container to the table and its index.
+    fn track(&mut self, tracked: Tracked) {
+        lock::write(&self.index).insert(tracked.container.id.clone());
+        self.table.insert(tracked.container.id.clone(), tracked);
     }
 
     fn event(&mut self, event: Event, done: oneshot::Sender<()>) {
@@ -535,6 +535,7 @@ impl Machine {
     }
 
     fn remove(&mut self, id: &str) {
+        lock::write(&self.index).remove(id);
         if let Some(t) = self.table.remove(id) {
             if let Phase::Stopping { waiters } = &t.phase {
                 debug!(container = %id, waiting = waiters.len(), "container removed while its PreStop ran");
@@ -747,17 +748,14 @@ impl Machine {
                 ContainerState::Stopped => Phase::Stopped { pre_stop: None },
                 _ => Phase::Created,
             };
-            self.table.insert(
-                container.id.clone(),
-                Tracked {
-                    pod,
-                    container: container.clone(),
-                    hooks,
-                    gate,
-                    init,
-                    phase,
-                },
-            );
+            self.track(Tracked {
+                pod,
+                container: container.clone(),
+                hooks,
+                gate,
+                init,
+                phase,
+            });
         }
         self.effects.gate_resync(&containers);
         self.count_gated();

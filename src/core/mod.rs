@@ -5,7 +5,10 @@
 //! stop requests (through an [`Inbox`] the gate servers hold), and the core's own feedback
 //! (a hook ended, the gate check finished). One task takes them in order and hands each to
 //! `machine::Machine::handle`, where every transition lives. Ordering and "at most one
-//! PreStop per stop" are therefore decided in one place, without locks.
+//! PreStop per stop" are therefore decided in one place. The edge reads one thing back: the
+//! ids of the containers with hooks (`Index`, written only by the machine), so that creates
+//! and events of containers without hooks, which would change nothing, are answered on the
+//! spot (hook annotations are validated there too: validation is pure).
 //!
 //! The task never waits on the outside world: hooks, the gate check and killing a container
 //! run in tasks of their own, bounded, and report back as inputs. Everything that touches the
@@ -16,7 +19,8 @@ mod effects;
 mod error;
 mod machine;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,9 +30,10 @@ pub use effects::{Effects, GateStatus};
 pub use error::{EffectError, Error};
 pub use machine::{pre_stop_bound, APP_RESERVE, POST_CREATE_BUDGET};
 
-use crate::annotations::HookSpec;
+use crate::annotations::{self, HookSpec, Hooks};
 use crate::config::Config;
 use crate::hooks;
+use crate::lock;
 use crate::model::{Adjustment, Container, Event, EventKind, Pod, RuntimeInfo};
 use crate::nri::Handler;
 use crate::ops::Ops;
@@ -69,14 +74,14 @@ pub(crate) enum Input {
         containers: Vec<Container>,
         done: oneshot::Sender<()>,
     },
+    /// A container with hooks (the edge answers creates of containers without any itself).
     Create {
-        pod: Pod,
-        container: Container,
+        created: Box<(Pod, Container, Hooks)>,
         reply: oneshot::Sender<Result<Adjustment, Error>>,
     },
     /// Every other runtime event; `done` answers the runtime.
     Event {
-        event: Event,
+        event: Box<Event>,
         done: oneshot::Sender<()>,
     },
     /// The gate holds a stop signal and asks for the PreStop hook.
@@ -102,6 +107,11 @@ pub(crate) enum Input {
         reply: oneshot::Sender<Status>,
     },
 }
+
+/// The ids of the containers the machine tracks (those with hooks). Written only by the
+/// machine, as its table changes; read by the edge so that the events of containers without
+/// hooks, which would change nothing, are answered without a trip through the input.
+type Index = Arc<RwLock<HashSet<String>>>;
 
 /// The sending end of the core's input, for the gate servers and the core's own tasks.
 #[derive(Clone, Debug)]
@@ -153,6 +163,7 @@ impl Inbox {
 pub struct Core {
     inbox: Inbox,
     ops: Arc<Ops>,
+    index: Index,
     _alive: Arc<oneshot::Sender<()>>,
 }
 
@@ -168,12 +179,14 @@ impl Core {
         (inbox, inlet): (Inbox, Inlet),
     ) -> Core {
         let (alive, mut dropped) = oneshot::channel::<()>();
+        let index = Index::default();
         let mut machine = machine::Machine::new(
             config,
             keep_config,
             effects,
             Arc::clone(&ops),
             inbox.clone(),
+            Arc::clone(&index),
         );
         let Inlet(mut rx) = inlet;
         tokio::spawn(async move {
@@ -191,6 +204,7 @@ impl Core {
         Core {
             inbox,
             ops,
+            index,
             _alive: Arc::new(alive),
         }
     }
@@ -250,11 +264,16 @@ impl Handler for Core {
 
     async fn create_container(&self, pod: Pod, container: Container) -> Result<Adjustment, Error> {
         let _request = self.ops.request(EventKind::CreateContainer.as_str());
+        // Validation is pure: a container without hooks (or with a bad one) changes nothing.
+        let hooks =
+            annotations::hooks_for(&container.name, &pod.annotations, &container.annotations)?;
+        if hooks.is_empty() {
+            return Ok(Adjustment::default());
+        }
         let (reply, answer) = oneshot::channel();
         self.inbox
             .send(Input::Create {
-                pod,
-                container,
+                created: Box::new((pod, container, hooks)),
                 reply,
             })
             .await;
@@ -263,7 +282,21 @@ impl Handler for Core {
 
     async fn event(&self, event: Event) -> Result<(), Error> {
         let _request = self.ops.request(event.kind.as_str());
-        self.call(|done| Input::Event { event, done }).await
+        let per_container = matches!(
+            event.kind,
+            EventKind::PostCreateContainer
+                | EventKind::PostStartContainer
+                | EventKind::StopContainer
+                | EventKind::RemoveContainer
+        );
+        if per_container && !lock::read(&self.index).contains(&event.container.id) {
+            return Ok(());
+        }
+        self.call(|done| Input::Event {
+            event: Box::new(event),
+            done,
+        })
+        .await
     }
 
     async fn shutdown(&self) {

@@ -565,8 +565,14 @@ fn hook_concurrency_follows_the_config() {
     rt.block_on(async {
         let fake: Arc<dyn Effects> = Arc::new(Fake::default());
         let (inbox, _inlet) = channel();
-        let mut m =
-            machine::Machine::new(Config::default(), false, fake, Arc::new(Ops::new()), inbox);
+        let mut m = machine::Machine::new(
+            Config::default(),
+            false,
+            fake,
+            Arc::new(Ops::new()),
+            inbox,
+            Default::default(),
+        );
         assert_eq!(m.free_permits(), 64);
         let configure = |m: &mut machine::Machine, n: usize| {
             let (done, _) = tokio::sync::oneshot::channel();
