@@ -528,7 +528,14 @@ impl Node {
     }
 
     fn import(&self, image: &str) -> Result<(), NodeError> {
-        let tar = self.install.image_tar(image);
+        self.import_tar(&self.install.image_tar(image))
+    }
+
+    /// Imports an OCI image archive into the node's `k8s.io` namespace with containerd's
+    /// own `ctr images import`, as an operator would on a node without a registry. The
+    /// image is named by the archive's `io.containerd.image.name` annotation.
+    pub fn import_tar(&self, tar: &Path) -> Result<(), NodeError> {
+        let tar = tar.to_path_buf();
         let out = Command::new(self.install.ctr(self.version))
             .arg("--address")
             .arg(&self.paths.grpc_socket)
