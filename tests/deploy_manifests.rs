@@ -181,6 +181,10 @@ fn the_config_parses_and_matches_the_mounts() {
     // Exec hooks join cgroups: the node's hierarchy, writable.
     let cg = same_path_on_node(ds, Path::new("/sys/fs/cgroup"));
     assert!(!cg.read_only, "/sys/fs/cgroup writable");
+    // PostStart failures go to the termination-message files in the kubelet's pods dir.
+    let pods = same_path_on_node(ds, Path::new("/var/lib/kubelet/pods"));
+    assert!(!pods.read_only, "termination messages are written");
+    assert_eq!(pods.mount_propagation.as_deref(), Some("HostToContainer"));
     // The probes and the listener agree.
     let listen = cfg.http_address.expect("http_address");
     assert!(listen.ip().is_unspecified(), "listens on the pod IP");

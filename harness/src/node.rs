@@ -624,6 +624,49 @@ impl Node {
         Ok(d)
     }
 
+    /// Makes `dir` (inside the node directory) a mount point of its own with shared
+    /// propagation, as the directories of a systemd host are: containerd accepts a
+    /// `HostToContainer` mount of a host path only when the path's mount is shared or a
+    /// slave. Teardown unmounts it with the node's other mounts.
+    pub fn make_shared(&self, dir: &Path) -> Result<(), NodeError> {
+        let fail = |source| NodeError::Prepare {
+            path: dir.to_path_buf(),
+            source,
+        };
+        if !dir.starts_with(&self.paths.dir) {
+            return Err(fail(std::io::Error::other("not inside the node directory")));
+        }
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(|e| fail(std::io::Error::other(e)))?;
+        // SAFETY: plain mount(2) calls with valid NUL-terminated strings and null data.
+        let rc = unsafe {
+            libc::mount(
+                c.as_ptr(),
+                c.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(fail(std::io::Error::last_os_error()));
+        }
+        // SAFETY: as above; propagation change only.
+        let rc = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c.as_ptr(),
+                std::ptr::null(),
+                libc::MS_SHARED | libc::MS_REC,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(fail(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     /// Checks that a pod IP is routed via the node's bridge; call before sending traffic.
     pub fn check_pod_route(&self, pod_ip: &str) -> Result<(), NodeError> {
         Ok(self.net.check_route(pod_ip)?)
