@@ -14,8 +14,16 @@ CARGO       ?= cargo
 CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TARGET_DIR
 RELEASE_BIN := $(CARGO_TARGET_DIR)/release/nri-lifecycle
+# The container image: a statically linked build (glibc with crt-static, libseccomp.a) of the
+# plugin alone.
+VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+# containerd looks up `nri-lifecycle:0.1.0` of a pod spec as docker.io/library/nri-lifecycle:0.1.0.
+IMAGE_NAME  ?= docker.io/library/nri-lifecycle:$(VERSION)
+STATIC_TARGET := x86_64-unknown-linux-gnu
+STATIC_BIN  := $(CARGO_TARGET_DIR)/$(STATIC_TARGET)/release/nri-lifecycle
+IMAGE_TAR   := $(CARGO_TARGET_DIR)/image/nri-lifecycle.tar
 
-.PHONY: help build release deps test unit e2e demo bench install install-systemd install-share uninstall fmt lint clean cleanup-nodes
+.PHONY: help build release static image deps test unit e2e demo bench install install-systemd install-share uninstall fmt lint clean cleanup-nodes
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,10 +34,18 @@ build: ## debug build of the plugin (the gate is built and embedded by build.rs)
 release: ## optimised, stripped plugin binary at target/release/nri-lifecycle
 	$(CARGO) build --release --bin nri-lifecycle
 
+static: ## statically linked plugin binary (for the image) at target/$(STATIC_TARGET)/release/nri-lifecycle
+	RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static \
+		LIBSECCOMP_LIB_PATH="$(dir $(shell $${CC:-cc} -print-file-name=libseccomp.a))" \
+		$(CARGO) build --release --target $(STATIC_TARGET) --bin nri-lifecycle
+
+image: static ## OCI image archive of the static plugin at target/image/nri-lifecycle.tar (name: IMAGE_NAME)
+	bash packaging/build-image.sh $(STATIC_BIN) $(IMAGE_TAR) $(IMAGE_NAME)
+
 deps: ## install what builds and tests need (Debian packages; containerd 1.7/2.1 + CNI unpacked into .cache)
 	bash harness/scripts/setup.sh
 
-test: deps ## all tests: unit, integration (root), real-containerd end-to-end on 1.7.24 and 2.1.9
+test: deps image ## all tests: unit, integration (root), real-containerd end-to-end on 1.7.24 and 2.1.9
 	$(CARGO) build --workspace --all-targets
 	NRI_E2E_REQUIRED=1 $(CARGO) test --workspace -- --test-threads=2
 

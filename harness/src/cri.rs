@@ -83,6 +83,8 @@ pub struct PodSpec {
     pub annotations: HashMap<String, String>,
     pub labels: HashMap<String, String>,
     pub host_network: bool,
+    /// The node's PID namespace (`hostPID: true`) for every container of the pod.
+    pub host_pid: bool,
 }
 
 impl PodSpec {
@@ -113,6 +115,46 @@ pub struct MountSpec {
     pub host_path: PathBuf,
     pub container_path: String,
     pub readonly: bool,
+    pub propagation: Propagation,
+}
+
+/// A mount's propagation (Kubernetes `mountPropagation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Propagation {
+    /// `None`: a private copy.
+    #[default]
+    Private,
+    /// `HostToContainer`: later mounts on the host show up in the container (rslave).
+    HostToContainer,
+    /// `Bidirectional`: and the container's mounts show up on the host (rshared).
+    Bidirectional,
+}
+
+/// A container's security context as the kubelet hands it to the runtime.
+#[derive(Debug, Clone, Default)]
+pub struct SecuritySpec {
+    pub privileged: bool,
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub readonly_rootfs: bool,
+    /// `allowPrivilegeEscalation: false`.
+    pub no_new_privs: bool,
+    /// Capability names without `CAP_` (`ALL` allowed), as in the pod spec.
+    pub add_capabilities: Vec<String>,
+    pub drop_capabilities: Vec<String>,
+    /// `RuntimeDefault`, `Unconfined` (or a `localhost/...` profile); `None`: not set.
+    pub seccomp: Option<String>,
+    /// Same, for AppArmor.
+    pub apparmor: Option<String>,
+}
+
+/// A container's resources as the kubelet turns requests and limits into CRI values.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResourceSpec {
+    /// From the CPU request: milli-CPUs × 1024 / 1000, at least 2.
+    pub cpu_shares: i64,
+    /// The memory limit in bytes (0: none).
+    pub memory_limit_bytes: i64,
 }
 
 /// A container as the kubelet would describe it.
@@ -131,6 +173,10 @@ pub struct ContainerSpec {
     pub seccomp: Option<Seccomp>,
     /// The container's OOM score adjustment, as the kubelet sets it per QoS class.
     pub oom_score_adj: Option<i64>,
+    /// The security context; `None`: the runtime's defaults.
+    pub security: Option<SecuritySpec>,
+    /// CPU shares and memory limit; `None`: the runtime's defaults.
+    pub resources: Option<ResourceSpec>,
 }
 
 /// A seccomp profile as the kubelet names it in the container's security context.
@@ -167,6 +213,7 @@ impl ContainerSpec {
             host_path: host.to_path_buf(),
             container_path: container.to_string(),
             readonly,
+            propagation: Propagation::Private,
         });
         self
     }
@@ -302,7 +349,11 @@ impl Cri {
                 security_context: Some(cri::LinuxSandboxSecurityContext {
                     namespace_options: Some(cri::NamespaceOption {
                         network: net_mode as i32,
-                        pid: cri::NamespaceMode::Container as i32,
+                        pid: if spec.host_pid {
+                            cri::NamespaceMode::Node as i32
+                        } else {
+                            cri::NamespaceMode::Container as i32
+                        },
                         ipc: cri::NamespaceMode::Pod as i32,
                         ..Default::default()
                     }),
@@ -368,6 +419,13 @@ impl Cri {
                 container_path: m.container_path.clone(),
                 host_path: m.host_path.to_string_lossy().into_owned(),
                 readonly: m.readonly,
+                propagation: match m.propagation {
+                    Propagation::Private => cri::MountPropagation::PropagationPrivate,
+                    Propagation::HostToContainer => {
+                        cri::MountPropagation::PropagationHostToContainer
+                    }
+                    Propagation::Bidirectional => cri::MountPropagation::PropagationBidirectional,
+                } as i32,
                 ..Default::default()
             })
             .collect();
@@ -417,32 +475,39 @@ impl Cri {
             annotations,
             log_path: format!("{}/0.log", spec.name),
             linux: Some(cri::LinuxContainerConfig {
-                security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: pod
-                        .config
-                        .linux
-                        .as_ref()
-                        .and_then(|l| l.security_context.as_ref())
-                        .and_then(|s| s.namespace_options.clone()),
-                    seccomp: spec.seccomp.as_ref().map(|s| {
+                security_context: Some({
+                    let mut sc = security_context(
+                        spec.security.as_ref(),
+                        pod.config
+                            .linux
+                            .as_ref()
+                            .and_then(|l| l.security_context.as_ref())
+                            .and_then(|s| s.namespace_options.clone()),
+                    );
+                    if let Some(s) = spec.seccomp.as_ref() {
                         use cri::security_profile::ProfileType;
                         let (kind, path) = match s {
                             Seccomp::RuntimeDefault => (ProfileType::RuntimeDefault, None),
                             Seccomp::Unconfined => (ProfileType::Unconfined, None),
                             Seccomp::Localhost(p) => (ProfileType::Localhost, Some(p)),
                         };
-                        cri::SecurityProfile {
+                        sc.seccomp = Some(cri::SecurityProfile {
                             profile_type: kind as i32,
                             localhost_ref: path
                                 .map(|p| p.to_string_lossy().into_owned())
                                 .unwrap_or_default(),
-                        }
-                    }),
-                    ..Default::default()
+                        });
+                    }
+                    sc
                 }),
-                resources: spec.oom_score_adj.map(|adj| cri::LinuxContainerResources {
-                    oom_score_adj: adj,
-                    ..Default::default()
+                resources: (spec.resources.is_some() || spec.oom_score_adj.is_some()).then(|| {
+                    let r = spec.resources.unwrap_or_default();
+                    cri::LinuxContainerResources {
+                        cpu_shares: r.cpu_shares,
+                        memory_limit_in_bytes: r.memory_limit_bytes,
+                        oom_score_adj: spec.oom_score_adj.unwrap_or(0),
+                        ..Default::default()
+                    }
                 }),
             }),
             ..Default::default()
@@ -663,6 +728,54 @@ impl Cri {
     pub async fn delete_pod(&mut self, pod: &Pod) -> Result<(), CriError> {
         self.stop_pod(&pod.id).await?;
         self.remove_pod(&pod.id).await
+    }
+}
+
+/// A CRI security profile from its Kubernetes type name.
+fn profile(name: &str) -> cri::SecurityProfile {
+    let (profile_type, localhost_ref) = match name {
+        "RuntimeDefault" => (cri::security_profile::ProfileType::RuntimeDefault, ""),
+        "Unconfined" => (cri::security_profile::ProfileType::Unconfined, ""),
+        other => (
+            cri::security_profile::ProfileType::Localhost,
+            other.strip_prefix("localhost/").unwrap_or(other),
+        ),
+    };
+    cri::SecurityProfile {
+        profile_type: profile_type as i32,
+        localhost_ref: localhost_ref.to_string(),
+    }
+}
+
+/// The container's CRI security context, the kubelet's way: the pod's namespace options,
+/// capabilities by name, identity, read-only root, no_new_privs, seccomp and AppArmor.
+fn security_context(
+    sec: Option<&SecuritySpec>,
+    namespace_options: Option<cri::NamespaceOption>,
+) -> cri::LinuxContainerSecurityContext {
+    let Some(sec) = sec else {
+        return cri::LinuxContainerSecurityContext {
+            namespace_options,
+            ..Default::default()
+        };
+    };
+    let capabilities = (!sec.add_capabilities.is_empty() || !sec.drop_capabilities.is_empty())
+        .then(|| cri::Capability {
+            add_capabilities: sec.add_capabilities.clone(),
+            drop_capabilities: sec.drop_capabilities.clone(),
+            ..Default::default()
+        });
+    cri::LinuxContainerSecurityContext {
+        namespace_options,
+        capabilities,
+        privileged: sec.privileged,
+        run_as_user: sec.run_as_user.map(|value| cri::Int64Value { value }),
+        run_as_group: sec.run_as_group.map(|value| cri::Int64Value { value }),
+        readonly_rootfs: sec.readonly_rootfs,
+        no_new_privs: sec.no_new_privs,
+        seccomp: sec.seccomp.as_deref().map(profile),
+        apparmor: sec.apparmor.as_deref().map(profile),
+        ..Default::default()
     }
 }
 

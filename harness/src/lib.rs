@@ -12,6 +12,7 @@
 //! - [`plugin`]: the plugin in external mode (built on [`node`], never the other way),
 //!   waiting for its registration.
 //! - [`cri`]: the CRI client (RunPodSandbox ... RemovePodSandbox, ExecSync, logs).
+//! - [`manifests`]: `deploy/kubernetes` read like the kubelet reads it, as CRI requests.
 //! - [`sys`]: small OS helpers (locks, /proc, cgroups, mounts).
 //! - [`bench`]: what `make bench` judges and writes: samples, typed targets and verdicts,
 //!   BENCHMARKS.md (no node needed; the `bench` binary measures).
@@ -21,6 +22,7 @@
 pub mod bench;
 pub mod cri;
 pub mod install;
+pub mod manifests;
 pub mod net;
 pub mod node;
 pub mod plugin;

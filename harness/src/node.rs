@@ -528,7 +528,14 @@ impl Node {
     }
 
     fn import(&self, image: &str) -> Result<(), NodeError> {
-        let tar = self.install.image_tar(image);
+        self.import_tar(&self.install.image_tar(image))
+    }
+
+    /// Imports an OCI image archive into the node's `k8s.io` namespace with containerd's
+    /// own `ctr images import`, as an operator would on a node without a registry. The
+    /// image is named by the archive's `io.containerd.image.name` annotation.
+    pub fn import_tar(&self, tar: &Path) -> Result<(), NodeError> {
+        let tar = tar.to_path_buf();
         let out = Command::new(self.install.ctr(self.version))
             .arg("--address")
             .arg(&self.paths.grpc_socket)
@@ -615,6 +622,49 @@ impl Node {
         prep(&d)?;
         let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777));
         Ok(d)
+    }
+
+    /// Makes `dir` (inside the node directory) a mount point of its own with shared
+    /// propagation, as the directories of a systemd host are: containerd accepts a
+    /// `HostToContainer` mount of a host path only when the path's mount is shared or a
+    /// slave. Teardown unmounts it with the node's other mounts.
+    pub fn make_shared(&self, dir: &Path) -> Result<(), NodeError> {
+        let fail = |source| NodeError::Prepare {
+            path: dir.to_path_buf(),
+            source,
+        };
+        if !dir.starts_with(&self.paths.dir) {
+            return Err(fail(std::io::Error::other("not inside the node directory")));
+        }
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(|e| fail(std::io::Error::other(e)))?;
+        // SAFETY: plain mount(2) calls with valid NUL-terminated strings and null data.
+        let rc = unsafe {
+            libc::mount(
+                c.as_ptr(),
+                c.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(fail(std::io::Error::last_os_error()));
+        }
+        // SAFETY: as above; propagation change only.
+        let rc = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c.as_ptr(),
+                std::ptr::null(),
+                libc::MS_SHARED | libc::MS_REC,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(fail(std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     /// Checks that a pod IP is routed via the node's bridge; call before sending traffic.
