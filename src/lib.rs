@@ -15,7 +15,8 @@
 //!   each to the per-container state machine; the outside world is behind [`core::Effects`].
 //! - [`node`]: the real [`core::Effects`] of a node.
 //! - [`hooks`]: the hook runners (exec, httpGet, sleep, tcpSocket) and their outcome.
-//! - [`ns`]: processes and namespaces: pidfds, entering a container, its identity.
+//! - [`ns`]: processes and namespaces: pidfds, entering a container, its identity and its
+//!   confinement (seccomp, OOM score).
 //! - [`gate`]: the plugin side of the PreStop gate: injection and per-container sockets.
 //! - [`containerd`]: containerd's own API and state directory (stored-spec rewrite, bundles).
 //! - [`annotations`]: hook annotations → validated [`annotations::HookSpec`].
@@ -23,7 +24,8 @@
 //! - [`model`]: our own plain types for pods, containers, events and adjustments.
 //! - [`ops`]: metrics, liveness and readiness, and the HTTP listener that serves them.
 //! - [`daemon`]: the wiring of all of the above, for both launch modes.
-//! - [`logging`]: log lines buffered until the runtime tells us where they go.
+//! - [`logging`]: log lines buffered until the runtime tells us where they go; JSON or text,
+//!   a size-bounded rotated file in drop-in mode.
 //! - [`lock`]: the one (poison-tolerant) way to take a lock.
 
 pub mod annotations;
