@@ -22,12 +22,14 @@
 //! mounts first, as a systemd host's are: containerd refuses `HostToContainer` otherwise.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nri_harness::cri::ContainerState;
 use nri_harness::manifests::{self, Manifests, PathMap, PodPlan};
 use nri_harness::node::{registered, NodeOptions};
-use nri_harness::{images, ContainerSpec, Cri, Node, PluginMode, Pod, PodSpec, Version};
+use nri_harness::{
+    images, stamp, unix_now, ContainerSpec, Cri, Node, PluginMode, Pod, PodSpec, Version,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -44,23 +46,6 @@ fn image_tar() -> PathBuf {
         tar.display()
     );
     tar
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-/// A time the test app or a hook wrote (`<secs>.<nanos>`), if the file exists.
-fn stamp(path: &Path) -> Option<f64> {
-    std::fs::read_to_string(path)
-        .ok()?
-        .split_whitespace()
-        .last()?
-        .parse()
-        .ok()
 }
 
 /// The value following `flag` in the container's arguments.

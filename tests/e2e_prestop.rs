@@ -3,10 +3,12 @@
 //! its SIGTERM.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nri_harness::cri::ContainerState;
-use nri_harness::{images, ContainerSpec, Cri, Node, PluginMode, Pod, PodSpec, Version};
+use nri_harness::{
+    images, stamp, unix_now, ContainerSpec, Cri, Node, PluginMode, Pod, PodSpec, Version,
+};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_nri-lifecycle");
 
@@ -14,23 +16,6 @@ async fn node(v: Version) -> Node {
     Node::start(v, PluginMode::Preinstalled(PathBuf::from(PLUGIN)))
         .await
         .unwrap_or_else(|e| panic!("{v}: node did not start: {e}"))
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-/// A time the test app or a hook wrote (`<secs>.<nanos>`), if the file exists.
-fn stamp(path: &Path) -> Option<f64> {
-    std::fs::read_to_string(path)
-        .ok()?
-        .split_whitespace()
-        .last()?
-        .parse()
-        .ok()
 }
 
 /// A pod with one container `app`: the test app (which records when it gets SIGTERM into

@@ -32,6 +32,25 @@ pub use cri::{ContainerSpec, Cri, CriError, ExecResult, Pod, PodSpec};
 pub use install::{images, Install, Version};
 pub use node::{Node, NodeError, NodeOptions, PluginMode};
 
+/// Now, in unix seconds (as the test app and hooks write their time stamps).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The last time stamp (`<secs>.<nanos>`) the test app or a hook wrote into `path`, if the
+/// file exists.
+pub fn stamp(path: &std::path::Path) -> Option<f64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
 /// Returns false, after printing a loud notice, when not running as root: tests then skip.
 /// With `NRI_E2E_REQUIRED=1` (set by `make test`, which CI runs) a test that cannot run
 /// fails instead, so nothing is skipped silently there.
