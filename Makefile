@@ -34,7 +34,7 @@ build: ## debug build of the plugin (the gate is built and embedded by build.rs)
 release: ## optimised, stripped plugin binary at target/release/nri-lifecycle
 	$(CARGO) build --release --bin nri-lifecycle
 
-static: ## statically linked plugin binary (for the image) at target/$(STATIC_TARGET)/release/nri-lifecycle
+static: deps ## statically linked plugin binary (for the image) at target/$(STATIC_TARGET)/release/nri-lifecycle
 	RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static \
 		LIBSECCOMP_LIB_PATH="$(dir $(shell $${CC:-cc} -print-file-name=libseccomp.a))" \
 		$(CARGO) build --release --target $(STATIC_TARGET) --bin nri-lifecycle
