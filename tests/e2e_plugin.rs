@@ -6,7 +6,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use nri_harness::cri::ContainerState;
 use nri_harness::plugin::{self, ExternalPlugin};
 use nri_harness::{images, ContainerSpec, Node, PluginMode, PodSpec, Version};
 
@@ -82,21 +81,12 @@ async fn plain_pod_outcome(node: &Node) -> (i32, i32, Vec<String>, bool) {
         ..ContainerSpec::new("app", images::DISTROLESS, &[])
     }
     .mount(&shared, "/shared", false);
-    let id = cri.create_container(&pod, &spec).await.expect("create");
-    cri.start_container(&id).await.expect("start");
-    cri.wait_state(
-        &id,
-        ContainerState::ContainerRunning,
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("running");
     // Stop only once the app has taken SIGTERM over: as PID 1 without a handler yet, it would
     // not even see an earlier SIGTERM, and the outcome would depend on that race.
-    let started = cri
-        .wait_log_line(&id, Duration::from_secs(30), |l| l.starts_with("started "))
+    let (id, started) = cri
+        .start_ready(&pod, &spec, "started ", Duration::from_secs(30))
         .await
-        .expect("status");
+        .expect("start");
     assert!(started.is_some(), "the app never started");
     cri.stop_container(&id, 10).await.expect("stop");
     let st = cri.container_status(&id).await.expect("status");

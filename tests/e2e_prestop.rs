@@ -62,24 +62,15 @@ async fn start_app(
         .mount(&node.install().testapp(), "/testapp", true)
     }
     .mount(&shared, "/shared", false);
-    let id = cri.create_container(&pod, &spec).await.expect("create");
-    cri.start_container(&id).await.expect("start");
-    cri.wait_state(
-        &id,
-        ContainerState::ContainerRunning,
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("running");
     let ready = if extra_args.contains(&"--http") {
         "listening "
     } else {
         "started "
     };
-    let line = cri
-        .wait_log_line(&id, Duration::from_secs(30), |l| l.starts_with(ready))
+    let (id, line) = cri
+        .start_ready(&pod, &spec, ready, Duration::from_secs(30))
         .await
-        .expect("status");
+        .expect("start");
     assert!(
         line.is_some(),
         "the app never logged {ready:?}:\n{}",
@@ -651,20 +642,11 @@ async fn a_prestop_longer_than_the_grace_period_still_leaves_the_app_its_signal(
         .annotation("io.kubernetes.pod.terminationGracePeriod", "5")
         .mount(&node.install().testapp(), "/testapp", true)
         .mount(&shared, "/shared", false);
-        let id = cri.create_container(&pod, &spec).await.expect("create");
-        cri.start_container(&id).await.expect("start");
-        cri.wait_state(
-            &id,
-            ContainerState::ContainerRunning,
-            Duration::from_secs(30),
-        )
-        .await
-        .expect("running");
         // The app has blocked SIGTERM for its handler only once it says "started".
-        let started = cri
-            .wait_log_line(&id, Duration::from_secs(30), |l| l.starts_with("started "))
+        let (id, started) = cri
+            .start_ready(&pod, &spec, "started ", Duration::from_secs(30))
             .await
-            .expect("status");
+            .expect("start");
         assert!(started.is_some(), "{v}: the app never started");
         cri.stop_container(&id, 5).await.expect("stop");
         let log = node.diagnostics();

@@ -621,6 +621,27 @@ impl Cri {
         }
     }
 
+    /// Creates and starts a container in `pod`, waits until it runs, then until its log has a
+    /// line starting with `ready` (the test app says `started ` once it has taken SIGTERM
+    /// over, `listening ` once it serves). Returns its id and that line (`None`: not within
+    /// `limit`).
+    pub async fn start_ready(
+        &mut self,
+        pod: &Pod,
+        spec: &ContainerSpec,
+        ready: &str,
+        limit: Duration,
+    ) -> Result<(String, Option<String>), CriError> {
+        let id = self.create_container(pod, spec).await?;
+        self.start_container(&id).await?;
+        self.wait_state(&id, ContainerState::ContainerRunning, limit)
+            .await?;
+        let line = self
+            .wait_log_line(&id, limit, |l| l.starts_with(ready))
+            .await?;
+        Ok((id, line))
+    }
+
     /// ExecSync (how the kubelet runs exec hooks and probes).
     pub async fn exec_sync(
         &mut self,
