@@ -379,7 +379,10 @@ mod tests {
         let example: String = text
             .lines()
             .filter_map(|l| l.strip_prefix("# "))
-            .filter(|l| l.starts_with("[[policy.") || (l.contains(" = [") && !l.contains("allowed_hosts") && !l.contains("[[")))
+            .filter(|l| {
+                (l.starts_with("[[policy.") && l.ends_with("]]"))
+                    || (l.contains(" = [") && !l.contains("allowed_hosts") && !l.contains("[["))
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         assert!(example.contains("[[policy.handlers]]"), "{example}");
