@@ -395,6 +395,35 @@ mod tests {
     }
 
     #[test]
+    fn readme_policy_example_says_what_it_does() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("A worked example").unwrap();
+        let block = &readme[start..];
+        let toml_start = block.find("```toml\n").unwrap() + "```toml\n".len();
+        let toml_end = toml_start + block[toml_start..].find("```").unwrap();
+        let c = Config::from_toml(&block[toml_start..toml_end]).unwrap();
+        let p = &c.policy;
+        let exec = p.check_kind("exec", "team-a").unwrap_err().to_string();
+        let net = p
+            .check_addr("team-a", "10.96.7.3".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        // the messages quoted after the example, as the README wraps them
+        let after: String = block[toml_end..]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(after.contains(&exec), "{exec}");
+        assert!(after.contains(&net), "{net}");
+        assert!(p.check_kind("tcpSocket", "db-main").is_ok());
+        assert!(p.check_kind("tcpSocket", "team-a").is_err());
+        assert!(p.check_addr("team-a", "10.244.1.2".parse().unwrap()).is_ok());
+        assert!(p.check_addr("team-a", "10.244.42.2".parse().unwrap()).is_err());
+        assert!(p.check_addr("ops-x", "169.254.169.254".parse().unwrap()).is_err());
+        assert!(p.check_addr("ops-x", "10.96.7.3".parse().unwrap()).is_ok());
+    }
+
+    #[test]
     fn sample_config_is_the_external_defaults_under_run() {
         let text = include_str!("../packaging/nri-lifecycle.conf");
         let c = Config::from_toml_over(text, Config::external()).unwrap();
