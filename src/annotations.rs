@@ -709,6 +709,39 @@ mod tests {
     }
 
     #[test]
+    fn hosts_may_be_addresses_or_dns_names() {
+        for host in [
+            "10.244.1.7",
+            "fd00::7",
+            "localhost",
+            "web",
+            "web.team-a.svc.cluster.local.",
+        ] {
+            let value = format!(r#"{{"httpGet":{{"port":80,"host":"{host}"}}}}"#);
+            match parse(&value).unwrap().action {
+                Action::HttpGet(get) => assert_eq!(get.host.as_deref(), Some(host)),
+                other => panic!("unexpected {other:?}"),
+            }
+            let value = format!(r#"{{"tcpSocket":{{"port":80,"host":"{host}"}}}}"#);
+            assert_eq!(
+                parse(&value).unwrap().action,
+                Action::TcpSocket {
+                    host: Some(host.to_string()),
+                    port: 80
+                }
+            );
+        }
+        // an empty host is the pod's address
+        match parse(r#"{"httpGet":{"port":80,"host":""}}"#)
+            .unwrap()
+            .action
+        {
+            Action::HttpGet(get) => assert_eq!(get.host, None),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
     fn exact_error_texts() {
         let p = "annotation \"poststart.lifecycle.nri.io/container.app\"";
         assert_eq!(

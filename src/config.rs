@@ -388,10 +388,22 @@ mod tests {
         assert!(example.contains("[[policy.handlers]]"), "{example}");
         let c = Config::from_toml(&example).unwrap();
         assert!(c.policy.check_kind("exec", "team-a").is_err());
-        assert!(c.policy.check_addr("team-a", "169.254.169.254".parse().unwrap()).is_err());
-        assert!(c.policy.check_addr("team-a", "10.244.1.1".parse().unwrap()).is_ok());
-        assert!(c.policy.check_addr("team-a", "192.0.2.1".parse().unwrap()).is_err());
-        assert!(c.policy.check_addr("other", "192.0.2.1".parse().unwrap()).is_ok());
+        assert!(c
+            .policy
+            .check_addr("team-a", "169.254.169.254".parse().unwrap())
+            .is_err());
+        assert!(c
+            .policy
+            .check_addr("team-a", "10.244.1.1".parse().unwrap())
+            .is_ok());
+        assert!(c
+            .policy
+            .check_addr("team-a", "192.0.2.1".parse().unwrap())
+            .is_err());
+        assert!(c
+            .policy
+            .check_addr("other", "192.0.2.1".parse().unwrap())
+            .is_ok());
     }
 
     #[test]
@@ -417,9 +429,15 @@ mod tests {
         assert!(after.contains(&net), "{net}");
         assert!(p.check_kind("tcpSocket", "db-main").is_ok());
         assert!(p.check_kind("tcpSocket", "team-a").is_err());
-        assert!(p.check_addr("team-a", "10.244.1.2".parse().unwrap()).is_ok());
-        assert!(p.check_addr("team-a", "10.244.42.2".parse().unwrap()).is_err());
-        assert!(p.check_addr("ops-x", "169.254.169.254".parse().unwrap()).is_err());
+        assert!(p
+            .check_addr("team-a", "10.244.1.2".parse().unwrap())
+            .is_ok());
+        assert!(p
+            .check_addr("team-a", "10.244.42.2".parse().unwrap())
+            .is_err());
+        assert!(p
+            .check_addr("ops-x", "169.254.169.254".parse().unwrap())
+            .is_err());
         assert!(p.check_addr("ops-x", "10.96.7.3".parse().unwrap()).is_ok());
     }
 
@@ -499,7 +517,10 @@ mod tests {
         assert!(c.warnings.is_empty());
         assert!(c.policy.check_kind("exec", "ops-1").is_ok());
         assert_eq!(
-            c.policy.check_kind("exec", "team-a").unwrap_err().to_string(),
+            c.policy
+                .check_kind("exec", "team-a")
+                .unwrap_err()
+                .to_string(),
             r#"exec hooks are not allowed in namespace "team-a" (policy.handlers rule 1: exec only in ["kube-system","ops-*"])"#
         );
         assert!(c
@@ -515,8 +536,10 @@ mod tests {
             e("[[policy.handlers]]\nkinds = [\"exec\"]\nnamespaces = [\"A\"]"),
             "plugin config: field \"policy.handlers[1].namespaces\": \"A\" is not a namespace name or pattern (lower-case letters, digits, '-', and '*' for any run of characters)"
         );
-        assert!(e("[[policy.handlers]]\nkinds = [\"exec\"]\nnamespaces = [\"a\"]\nextra = 1")
-            .contains("unknown field `extra`"));
+        assert!(
+            e("[[policy.handlers]]\nkinds = [\"exec\"]\nnamespaces = [\"a\"]\nextra = 1")
+                .contains("unknown field `extra`")
+        );
         assert!(e("[policy]\nrules = []").contains("unknown field `rules`"));
         assert!(e("[[policy.network]]\nallow = [\"10.0.0.0/33\"]")
             .contains("\"policy.network[1].allow\""));
@@ -529,7 +552,10 @@ mod tests {
             c.warnings,
             vec!["plugin config: \"allowed_hosts\" is deprecated; it still limits the hosts of httpGet and tcpSocket hooks to the pod's own addresses, loopback and the addresses listed; write instead: [[policy.network]] allow = [\"10.0.0.1/32\", \"::1/128\"]".to_string()]
         );
-        assert!(c.policy.check_addr("a", "10.0.0.1".parse().unwrap()).is_ok());
+        assert!(c
+            .policy
+            .check_addr("a", "10.0.0.1".parse().unwrap())
+            .is_ok());
         assert_eq!(
             c.policy
                 .check_addr("a", "10.0.0.2".parse().unwrap())
@@ -541,7 +567,10 @@ mod tests {
         let c = Config::from_toml("allowed_hosts = []").unwrap();
         assert_eq!(c.warnings.len(), 1);
         assert!(c.warnings[0].ends_with("allow = []"), "{}", c.warnings[0]);
-        assert!(c.policy.check_addr("a", "10.0.0.1".parse().unwrap()).is_err());
+        assert!(c
+            .policy
+            .check_addr("a", "10.0.0.1".parse().unwrap())
+            .is_err());
         assert!(Config::from_toml("").unwrap().warnings.is_empty());
     }
 

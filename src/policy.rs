@@ -161,9 +161,9 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
     if let Ok(ip) = text.parse::<IpAddr>() {
         return Ok(IpNet::from(ip));
     }
-    let net: IpNet = text.parse().map_err(|_| {
-        format!("{text:?} is not a CIDR (e.g. \"10.0.0.0/8\") or an IP address")
-    })?;
+    let net: IpNet = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a CIDR (e.g. \"10.0.0.0/8\") or an IP address"))?;
     if net.trunc() != net {
         return Err(format!(
             "{text:?} has host bits set: write \"{}\" for the whole network",
@@ -512,18 +512,24 @@ mod tests {
             (
                 "exec",
                 "team-a",
-                Some(r#"exec hooks are not allowed in namespace "team-a" (policy.handlers rule 1: exec only in ["kube-system","ops-*"])"#),
+                Some(
+                    r#"exec hooks are not allowed in namespace "team-a" (policy.handlers rule 1: exec only in ["kube-system","ops-*"])"#,
+                ),
             ),
             (
                 "exec",
                 "db-main",
-                Some(r#"exec hooks are not allowed in namespace "db-main" (policy.handlers rule 1: exec only in ["kube-system","ops-*"])"#),
+                Some(
+                    r#"exec hooks are not allowed in namespace "db-main" (policy.handlers rule 1: exec only in ["kube-system","ops-*"])"#,
+                ),
             ),
             ("tcpSocket", "db-main", None),
             (
                 "tcpSocket",
                 "team-a",
-                Some(r#"tcpSocket hooks are not allowed in namespace "team-a" (policy.handlers rule 2: tcpSocket, exec only in ["kube-system","ops-*","db-*"])"#),
+                Some(
+                    r#"tcpSocket hooks are not allowed in namespace "team-a" (policy.handlers rule 2: tcpSocket, exec only in ["kube-system","ops-*","db-*"])"#,
+                ),
             ),
             ("httpGet", "team-a", None),
             ("sleep", "anything", None),
@@ -544,30 +550,40 @@ mod tests {
             (
                 "default",
                 "169.254.169.254",
-                Some(r#"169.254.169.254 is refused by the plugin's policy (policy.network rule 1: deny ["169.254.0.0/16"])"#),
+                Some(
+                    r#"169.254.169.254 is refused by the plugin's policy (policy.network rule 1: deny ["169.254.0.0/16"])"#,
+                ),
             ),
             (
                 "team-a",
                 "10.96.0.10",
-                Some(r#"10.96.0.10 is refused by the plugin's policy (policy.network rule 1: deny ["10.96.0.0/12"])"#),
+                Some(
+                    r#"10.96.0.10 is refused by the plugin's policy (policy.network rule 1: deny ["10.96.0.0/12"])"#,
+                ),
             ),
             ("team-a", "10.244.3.4", None),
             ("team-a", "fd00:10::5", None),
             (
                 "team-a",
                 "10.244.99.7",
-                Some(r#"10.244.99.7 is refused by the plugin's policy (policy.network rule 2: deny ["10.244.99.0/24"])"#),
+                Some(
+                    r#"10.244.99.7 is refused by the plugin's policy (policy.network rule 2: deny ["10.244.99.0/24"])"#,
+                ),
             ),
             (
                 "team-a",
                 "192.0.2.1",
-                Some(r#"192.0.2.1 is refused by the plugin's policy (policy.network rule 2: only ["10.244.0.0/16","fd00:10::/64"])"#),
+                Some(
+                    r#"192.0.2.1 is refused by the plugin's policy (policy.network rule 2: only ["10.244.0.0/16","fd00:10::/64"])"#,
+                ),
             ),
             // an IPv4-mapped address is the IPv4 address
             (
                 "default",
                 "::ffff:169.254.1.1",
-                Some(r#"169.254.1.1 is refused by the plugin's policy (policy.network rule 1: deny ["169.254.0.0/16"])"#),
+                Some(
+                    r#"169.254.1.1 is refused by the plugin's policy (policy.network rule 1: deny ["169.254.0.0/16"])"#,
+                ),
             ),
         ];
         for (ns, addr, want) in table {
@@ -585,7 +601,9 @@ mod tests {
             .unwrap();
         assert!(p.check_addr("x", ip("198.51.100.7")).is_ok());
         assert_eq!(
-            p.check_addr("x", ip("198.51.100.8")).unwrap_err().to_string(),
+            p.check_addr("x", ip("198.51.100.8"))
+                .unwrap_err()
+                .to_string(),
             r#"198.51.100.8 is refused by the plugin's policy (allowed_hosts: only ["198.51.100.7/32"])"#
         );
         let none = RawPolicy::default().compile(Some(&[])).unwrap();
@@ -618,7 +636,10 @@ mod tests {
         let p = compile(LOCKED).unwrap();
         let key = "prestop.lifecycle.nri.io/container.app";
         let hooks = |action| Hooks {
-            post_start: Some(hook("poststart.lifecycle.nri.io/pod", Action::Sleep { seconds: 1 })),
+            post_start: Some(hook(
+                "poststart.lifecycle.nri.io/pod",
+                Action::Sleep { seconds: 1 },
+            )),
             pre_stop: Some(hook(key, action)),
         };
         let exec = Action::Exec {
@@ -645,7 +666,10 @@ mod tests {
             get(None),
             get(Some("web.team-a.svc")),
         ] {
-            assert!(p.check_hooks(&hooks(ok.clone()), "team-a", &own).is_ok(), "{ok:?}");
+            assert!(
+                p.check_hooks(&hooks(ok.clone()), "team-a", &own).is_ok(),
+                "{ok:?}"
+            );
         }
         assert!(p
             .check_hooks(

@@ -169,8 +169,7 @@ fn pods_cidr() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_refuses_denied_hosts_and_exec_outside_its_namespaces() {
-    if !nri_harness::require_root("a_policy_refuses_denied_hosts_and_exec_outside_its_namespaces")
-    {
+    if !nri_harness::require_root("a_policy_refuses_denied_hosts_and_exec_outside_its_namespaces") {
         return;
     }
     let cidr = pods_cidr();

@@ -800,7 +800,8 @@ fn dns_in(netns_pid: u32, addr: Ipv4Addr, zone: &[(&str, Ipv4Addr)]) -> Arc<Mute
     use hickory_proto::op::{Message, OpCode, ResponseCode};
     use hickory_proto::rr::rdata::A;
     use hickory_proto::rr::{RData, Record, RecordType};
-    let zone: BTreeMap<String, Ipv4Addr> = zone.iter().map(|(n, ip)| (format!("{n}."), *ip)).collect();
+    let zone: BTreeMap<String, Ipv4Addr> =
+        zone.iter().map(|(n, ip)| (format!("{n}."), *ip)).collect();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&seen);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -813,14 +814,19 @@ fn dns_in(netns_pid: u32, addr: Ipv4Addr, zone: &[(&str, Ipv4Addr)]) -> Arc<Mute
             0
         );
         let socket = std::net::UdpSocket::bind((addr, 53)).unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
         tx.send(()).unwrap();
         let mut buf = [0u8; 1500];
         while let Ok((n, from)) = socket.recv_from(&mut buf) {
             let query = Message::from_vec(&buf[..n]).unwrap();
             let q = query.queries[0].clone();
             let name = q.name().to_ascii();
-            record.lock().unwrap().push(format!("{name} {} from {}", q.query_type(), from.ip()));
+            record
+                .lock()
+                .unwrap()
+                .push(format!("{name} {} from {}", q.query_type(), from.ip()));
             let mut reply = Message::response(query.metadata.id, OpCode::Query);
             reply.add_query(q.clone());
             match zone.get(&name) {
@@ -865,7 +871,10 @@ options ndots:5
         OTHER_IP,
         &[
             ("web.team-a.svc.cluster.local", OTHER_IP),
-            ("metadata.team-a.svc.cluster.local", Ipv4Addr::new(169, 254, 169, 254)),
+            (
+                "metadata.team-a.svc.cluster.local",
+                Ipv4Addr::new(169, 254, 169, 254),
+            ),
         ],
     );
     let seen = serve_on(c.init, OTHER_IP, 8085, 2);
@@ -893,7 +902,9 @@ options ndots:5
     );
     // The Host header names the host as given, as the kubelet's does.
     assert!(
-        seen.lock().unwrap()[0].to_lowercase().contains("host: web:8085"),
+        seen.lock().unwrap()[0]
+            .to_lowercase()
+            .contains("host: web:8085"),
         "{:?}",
         seen.lock().unwrap()
     );

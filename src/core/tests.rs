@@ -549,7 +549,8 @@ async fn the_policy_in_force_refuses_creates_and_ignores_existing_hooks() {
     core.create_container(p.clone(), container("c0", "app"))
         .await
         .unwrap();
-    let policy = "[[policy.handlers]]\nkinds = [\"exec\"]\nnamespaces = [\"kube-system\", \"ops-*\"]";
+    let policy =
+        "[[policy.handlers]]\nkinds = [\"exec\"]\nnamespaces = [\"kube-system\", \"ops-*\"]";
     core.configure(RuntimeInfo {
         config: policy.into(),
         ..RuntimeInfo::default()

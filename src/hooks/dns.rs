@@ -230,7 +230,9 @@ async fn resolve_at(
             .map(IpAddr::to_string)
             .collect::<Vec<_>>()
             .join(", "),
-        last: last.map(|e| format!("; last error: {e}")).unwrap_or_default(),
+        last: last
+            .map(|e| format!("; last error: {e}"))
+            .unwrap_or_default(),
     })
 }
 
@@ -267,7 +269,9 @@ async fn ask(
     query.metadata.recursion_desired = true;
     query.add_query(Query::query(qname.clone(), rtype));
     let id = query.metadata.id;
-    let wire = query.to_vec().map_err(|e| format!("encoding the query: {e}"))?;
+    let wire = query
+        .to_vec()
+        .map_err(|e| format!("encoding the query: {e}"))?;
     let exchange = async {
         let fd = sockets.socket(true, server.is_ipv6()).await?;
         let udp = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd))
@@ -445,7 +449,11 @@ mod tests {
         assert_eq!(c.nameservers, vec!["10.96.0.10".parse::<IpAddr>().unwrap()]);
         assert_eq!(
             c.search,
-            ["team-a.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+            [
+                "team-a.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local"
+            ]
         );
         assert_eq!((c.ndots, c.attempts), (5, 2));
         assert_eq!(c.timeout, Duration::from_secs(5));
@@ -497,7 +505,10 @@ mod tests {
             "web.team-b.svc.cluster.local"
         );
         // absolute: as it is, only
-        assert_eq!(c.candidates("web.team-b.svc.cluster.local."), ["web.team-b.svc.cluster.local"]);
+        assert_eq!(
+            c.candidates("web.team-b.svc.cluster.local."),
+            ["web.team-b.svc.cluster.local"]
+        );
         let one = ResolvConf::parse("search corp.example\n");
         assert_eq!(one.candidates("db"), ["db.corp.example", "db"]);
         assert_eq!(one.candidates("db.eu"), ["db.eu", "db.eu.corp.example"]);
@@ -511,9 +522,15 @@ mod tests {
                      192.0.2.5 alias.example Alias2 # host alias\n192.0.2.6 alias.example\nbad line\n";
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(hosts_lookup(hosts, "web-0"), [ip("10.244.1.7")]);
-        assert_eq!(hosts_lookup(hosts, "ALIAS.example."), [ip("192.0.2.5"), ip("192.0.2.6")]);
+        assert_eq!(
+            hosts_lookup(hosts, "ALIAS.example."),
+            [ip("192.0.2.5"), ip("192.0.2.6")]
+        );
         assert_eq!(hosts_lookup(hosts, "alias2"), [ip("192.0.2.5")]);
-        assert_eq!(hosts_lookup(hosts, "localhost"), [ip("127.0.0.1"), ip("::1")]);
+        assert_eq!(
+            hosts_lookup(hosts, "localhost"),
+            [ip("127.0.0.1"), ip("::1")]
+        );
         assert!(hosts_lookup(hosts, "host").is_empty());
         assert!(hosts_lookup(hosts, "line").is_empty());
     }
@@ -525,9 +542,14 @@ mod tests {
     impl Sockets for HostSockets {
         async fn socket(&self, udp: bool, v6: bool) -> Result<OwnedFd, String> {
             let domain = if v6 { libc::AF_INET6 } else { libc::AF_INET };
-            let kind = if udp { libc::SOCK_DGRAM } else { libc::SOCK_STREAM };
+            let kind = if udp {
+                libc::SOCK_DGRAM
+            } else {
+                libc::SOCK_STREAM
+            };
             // SAFETY: socket() returns a new fd or -1.
-            let fd = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
+            let fd =
+                unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
             assert!(fd >= 0);
             // SAFETY: freshly created, owned by nobody else.
             Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -560,11 +582,19 @@ mod tests {
                 }
             }
             Some(Zone::Aaaa(ip)) if q.query_type() == RecordType::AAAA => {
-                m.add_answer(Record::from_rdata(q.name().clone(), 5, RData::AAAA(AAAA(*ip))));
+                m.add_answer(Record::from_rdata(
+                    q.name().clone(),
+                    5,
+                    RData::AAAA(AAAA(*ip)),
+                ));
             }
             Some(Zone::Cname(target, ip)) if q.query_type() == RecordType::A => {
                 let t = Name::from_ascii(format!("{target}.")).unwrap();
-                m.add_answer(Record::from_rdata(q.name().clone(), 5, RData::CNAME(CNAME(t.clone()))));
+                m.add_answer(Record::from_rdata(
+                    q.name().clone(),
+                    5,
+                    RData::CNAME(CNAME(t.clone())),
+                ));
                 m.add_answer(Record::from_rdata(t, 5, RData::A(A(*ip))));
             }
             Some(Zone::ServFail) => m.metadata.response_code = ResponseCode::ServFail,
@@ -600,10 +630,14 @@ mod tests {
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
-                let Ok((n, from)) = udp.recv_from(&mut buf).await else { return };
+                let Ok((n, from)) = udp.recv_from(&mut buf).await else {
+                    return;
+                };
                 let query = Message::from_vec(&buf[..n]).unwrap();
                 let q = &query.queries[0];
-                log.lock().unwrap().push(format!("{} {}", q.name(), q.query_type()));
+                log.lock()
+                    .unwrap()
+                    .push(format!("{} {}", q.name(), q.query_type()));
                 // a stray datagram with another id first: the resolver must skip it
                 let mut stray = Message::response(query.metadata.id.wrapping_add(1), OpCode::Query);
                 stray.add_query(q.clone());
@@ -616,14 +650,18 @@ mod tests {
         let (log, z) = (Arc::clone(&asked), zone);
         tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = tcp.accept().await else { return };
+                let Ok((mut s, _)) = tcp.accept().await else {
+                    return;
+                };
                 let mut len = [0u8; 2];
                 s.read_exact(&mut len).await.unwrap();
                 let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
                 s.read_exact(&mut buf).await.unwrap();
                 let query = Message::from_vec(&buf).unwrap();
                 let q = &query.queries[0];
-                log.lock().unwrap().push(format!("tcp {} {}", q.name(), q.query_type()));
+                log.lock()
+                    .unwrap()
+                    .push(format!("tcp {} {}", q.name(), q.query_type()));
                 if let Some(m) = reply(&query, &z, true) {
                     let wire = m.to_vec().unwrap();
                     let mut out = u16::try_from(wire.len()).unwrap().to_be_bytes().to_vec();
@@ -656,7 +694,10 @@ mod tests {
     }
 
     fn zone(entries: &[(&str, Zone)]) -> HashMap<String, Zone> {
-        entries.iter().map(|(n, z)| (n.to_string(), z.clone())).collect()
+        entries
+            .iter()
+            .map(|(n, z)| (n.to_string(), z.clone()))
+            .collect()
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -666,7 +707,10 @@ mod tests {
             "127.0.0.1",
             0,
             zone(&[
-                ("web.team-a.svc.cluster.local", Zone::A(vec![web, Ipv4Addr::new(192, 0, 2, 8)])),
+                (
+                    "web.team-a.svc.cluster.local",
+                    Zone::A(vec![web, Ipv4Addr::new(192, 0, 2, 8)]),
+                ),
                 ("v6only.example", Zone::Aaaa("fd00::7".parse().unwrap())),
                 ("alias.example", Zone::Cname("real.example", web)),
                 ("big.example", Zone::Truncated(web)),
@@ -675,7 +719,11 @@ mod tests {
             ]),
         )
         .await;
-        let c = conf(&[r.addr], &["team-a.svc.cluster.local", "svc.cluster.local"], 5);
+        let c = conf(
+            &[r.addr],
+            &["team-a.svc.cluster.local", "svc.cluster.local"],
+            5,
+        );
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
 
         // the search list, in order, each name asked for A then (no A) AAAA
@@ -706,15 +754,27 @@ mod tests {
             [ip("192.0.2.7")]
         );
         // truncated over UDP: asked again over TCP
-        assert_eq!(resolve_via("big.example.", &c, "", r.addr).await.unwrap(), [ip("192.0.2.7")]);
-        assert!(r.asked.lock().unwrap().contains(&"tcp big.example. A".to_string()));
+        assert_eq!(
+            resolve_via("big.example.", &c, "", r.addr).await.unwrap(),
+            [ip("192.0.2.7")]
+        );
+        assert!(r
+            .asked
+            .lock()
+            .unwrap()
+            .contains(&"tcp big.example. A".to_string()));
         // a server failure on one candidate does not stop the search
         let c2 = conf(&[r.addr], &["svc.cluster.local"], 1);
-        assert_eq!(resolve_via("broken", &c2, "", r.addr).await.unwrap(), [ip("192.0.2.7")]);
+        assert_eq!(
+            resolve_via("broken", &c2, "", r.addr).await.unwrap(),
+            [ip("192.0.2.7")]
+        );
         // the hosts file first, without asking
         r.asked.lock().unwrap().clear();
         assert_eq!(
-            resolve_via("web", &c, "192.0.2.99 web\n", r.addr).await.unwrap(),
+            resolve_via("web", &c, "192.0.2.99 web\n", r.addr)
+                .await
+                .unwrap(),
             [ip("192.0.2.99")]
         );
         assert!(r.asked.lock().unwrap().is_empty());
@@ -728,7 +788,10 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(e.ends_with("last error: nameserver 127.0.0.1: answered Server Failure)"), "{e}");
+        assert!(
+            e.ends_with("last error: nameserver 127.0.0.1: answered Server Failure)"),
+            "{e}"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -751,8 +814,14 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert_eq!(silent.asked.lock().unwrap().len(), 1);
         let only_silent = conf(&[silent.addr], &[], 1);
-        let e = resolve_via("web", &only_silent, "", silent.addr).await.unwrap_err().to_string();
-        assert!(e.contains("nameserver 127.0.0.2: no answer within 300ms"), "{e}");
+        let e = resolve_via("web", &only_silent, "", silent.addr)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("nameserver 127.0.0.2: no answer within 300ms"),
+            "{e}"
+        );
         assert_eq!(good.asked.lock().unwrap().len(), 1);
     }
 }

@@ -50,8 +50,7 @@ pub(super) async fn choose_addr(
         reach::Host::Name(name) => resolve(&name, target).await?,
     };
     // Loopback and a permissive policy need no look at the pod's addresses.
-    let pod_ips = if limits.policy.is_permissive() || candidates.iter().all(IpAddr::is_loopback)
-    {
+    let pod_ips = if limits.policy.is_permissive() || candidates.iter().all(IpAddr::is_loopback) {
         Vec::new()
     } else {
         pod_ips(target).await?

@@ -101,7 +101,11 @@ mod tests {
         assert_eq!(parse_host(None), Ok(Host::Pod));
         assert_eq!(parse_host(Some("")), Ok(Host::Pod));
         for lo in ["localhost", "LOCALHOST", "localhost."] {
-            assert_eq!(parse_host(Some(lo)), Ok(Host::Addr(ip("127.0.0.1"))), "{lo}");
+            assert_eq!(
+                parse_host(Some(lo)),
+                Ok(Host::Addr(ip("127.0.0.1"))),
+                "{lo}"
+            );
         }
         assert_eq!(parse_host(Some("10.1.2.3")), Ok(Host::Addr(ip("10.1.2.3"))));
         assert_eq!(parse_host(Some("fd00::1")), Ok(Host::Addr(ip("fd00::1"))));
@@ -114,10 +118,20 @@ mod tests {
             "a.b2",
             "0web.example",
         ] {
-            assert_eq!(parse_host(Some(name)), Ok(Host::Name(name.to_string())), "{name}");
+            assert_eq!(
+                parse_host(Some(name)),
+                Ok(Host::Name(name.to_string())),
+                "{name}"
+            );
         }
         let long_label = "a".repeat(64);
-        let long_name = ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(63)].join(".");
+        let long_name = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(63),
+        ]
+        .join(".");
         for bad in [
             "[::1]",
             "10.1.2.3:80",
@@ -134,7 +148,11 @@ mod tests {
             long_label.as_str(),
             long_name.as_str(),
         ] {
-            assert_eq!(parse_host(Some(bad)), Err(BadHost(bad.to_string())), "{bad}");
+            assert_eq!(
+                parse_host(Some(bad)),
+                Err(BadHost(bad.to_string())),
+                "{bad}"
+            );
         }
         assert_eq!(
             BadHost("a b".into()).to_string(),
@@ -146,7 +164,14 @@ mod tests {
     fn pod_addresses_and_loopback_always_other_addresses_by_policy() {
         let pod = [ip("192.0.2.10"), ip("fd00::10")];
         let open = Policy::default();
-        for any in ["192.0.2.10", "fd00::10", "127.0.0.1", "127.1.2.3", "::1", "198.51.100.7"] {
+        for any in [
+            "192.0.2.10",
+            "fd00::10",
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "198.51.100.7",
+        ] {
             assert_eq!(allowed(ip(any), &pod, &open, "ns"), Ok(()), "{any}");
         }
         let locked = crate::config::Config::from_toml(

@@ -160,13 +160,8 @@ async fn socket(netns: Netns, v6: bool, kind: libc::c_int) -> Result<NetnsSocket
     let rx = in_netns(netns, move || {
         let domain = if v6 { libc::AF_INET6 } else { libc::AF_INET };
         // SAFETY: socket() returns a new fd or -1.
-        let fd = unsafe {
-            libc::socket(
-                domain,
-                kind | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                0,
-            )
-        };
+        let fd =
+            unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
         if fd < 0 {
             return Err(format!("socket: {}", std::io::Error::last_os_error()));
         }
