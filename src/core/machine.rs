@@ -727,14 +727,6 @@ impl Machine {
                     continue;
                 }
             };
-            if let Err(e) = self
-                .config
-                .policy
-                .check_hooks(&hooks, &pod.namespace, &pod.ips)
-            {
-                warn!(container = %container.id, error = %e, "existing container has a hook the plugin's policy does not allow: its hooks are ignored");
-                continue;
-            }
             if hooks.is_empty() {
                 continue;
             }

@@ -539,7 +539,7 @@ async fn runtime_config_is_applied_through_the_effects() {
 }
 
 #[tokio::test]
-async fn the_policy_in_force_refuses_creates_and_ignores_existing_hooks() {
+async fn the_policy_in_force_refuses_creates() {
     let fake = Arc::new(Fake::default());
     let (core, _) = start(&fake);
     let key = "poststart.lifecycle.nri.io/container.app";
@@ -571,13 +571,14 @@ async fn the_policy_in_force_refuses_creates_and_ignores_existing_hooks() {
     core.create_container(ops.clone(), container("c2", "app"))
         .await
         .unwrap();
-    // Containers found at synchronization are held to the policy too.
+    // The handler rules admit containers at create, as an admission policy does: containers
+    // found at synchronization (created before, under whatever policy) keep their hooks.
     core.synchronize(
         vec![p.clone()],
         vec![container("c3", "app"), container("c0", "app")],
     )
     .await;
-    assert_eq!(core.status().await.tracked, 1, "only c0, created before");
+    assert_eq!(core.status().await.tracked, 2, "c0 and c3");
     // A runtime config without a policy goes back to the permissive default.
     core.configure(RuntimeInfo {
         config: "log_level = \"info\"".into(),
