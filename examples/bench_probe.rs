@@ -402,6 +402,7 @@ fn target_from(file: &Path) -> Res<Target> {
         bundle: None,
         pod_ips: pod.ips.clone(),
         pod_netns: pod.netns_path().map(PathBuf::from),
+        pod_namespace: pod.namespace.clone(),
     })
 }
 

@@ -523,7 +523,7 @@ fn check_port(
     }
 }
 
-/// A hook's `host`: empty (the pod's address, stored as `None`), `localhost` or an IP address,
+/// A hook's `host`: empty (the pod's address, stored as `None`), an IP address or a DNS name,
 /// by the rule in [`reach`].
 fn check_host(
     key: &str,
@@ -532,7 +532,7 @@ fn check_host(
 ) -> Result<Option<String>, AnnotationError> {
     match reach::parse_host(host.as_deref()) {
         Ok(reach::Host::Pod) => Ok(None),
-        Ok(reach::Host::Addr(_)) => Ok(host),
+        Ok(reach::Host::Addr(_) | reach::Host::Name(_)) => Ok(host),
         Err(e) => Err(AnnotationError::field(key, field, e)),
     }
 }
@@ -709,6 +709,39 @@ mod tests {
     }
 
     #[test]
+    fn hosts_may_be_addresses_or_dns_names() {
+        for host in [
+            "10.244.1.7",
+            "fd00::7",
+            "localhost",
+            "web",
+            "web.team-a.svc.cluster.local.",
+        ] {
+            let value = format!(r#"{{"httpGet":{{"port":80,"host":"{host}"}}}}"#);
+            match parse(&value).unwrap().action {
+                Action::HttpGet(get) => assert_eq!(get.host.as_deref(), Some(host)),
+                other => panic!("unexpected {other:?}"),
+            }
+            let value = format!(r#"{{"tcpSocket":{{"port":80,"host":"{host}"}}}}"#);
+            assert_eq!(
+                parse(&value).unwrap().action,
+                Action::TcpSocket {
+                    host: Some(host.to_string()),
+                    port: 80
+                }
+            );
+        }
+        // an empty host is the pod's address
+        match parse(r#"{"httpGet":{"port":80,"host":""}}"#)
+            .unwrap()
+            .action
+        {
+            Action::HttpGet(get) => assert_eq!(get.host, None),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
     fn exact_error_texts() {
         let p = "annotation \"poststart.lifecycle.nri.io/container.app\"";
         assert_eq!(
@@ -764,8 +797,12 @@ mod tests {
             format!("{p}: field \"httpGet.scheme\": \"ftp\" is not supported: use \"HTTP\" or \"HTTPS\"")
         );
         assert_eq!(
-            err(r#"{"httpGet":{"port":80,"host":"example"}}"#),
-            format!("{p}: field \"httpGet.host\": \"example\" is not an IP address or \"localhost\" (host names are not resolved)")
+            err(r#"{"httpGet":{"port":80,"host":"http://example"}}"#),
+            format!("{p}: field \"httpGet.host\": \"http://example\" is neither an IP address nor a DNS name")
+        );
+        assert_eq!(
+            err(r#"{"tcpSocket":{"port":80,"host":"db:5432"}}"#),
+            format!("{p}: field \"tcpSocket.host\": \"db:5432\" is neither an IP address nor a DNS name")
         );
         assert_eq!(
             err(r#"{"sleep":{"seconds":1},"stopSignal":"SIGUSR1"}"#),

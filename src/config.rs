@@ -3,9 +3,12 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::policy::{Policy, RawPolicy};
 
 /// A config that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +20,8 @@ pub enum ConfigError {
         field: &'static str,
         problem: String,
     },
+    #[error("plugin config: {0}")]
+    Policy(#[from] crate::policy::PolicyError),
     #[error("plugin config file {path:?}: {source}")]
     Read {
         path: PathBuf,
@@ -37,7 +42,9 @@ pub struct RawConfig {
     pub default_hook_timeout_seconds: Option<u64>,
     pub default_grace_period_seconds: Option<u64>,
     pub max_concurrent_hooks: Option<usize>,
+    /// Deprecated: read as a `[[policy.network]]` rule (see [`RawConfig::validate_over`]).
     pub allowed_hosts: Option<Vec<String>>,
+    pub policy: Option<RawPolicy>,
     pub containerd_address: Option<PathBuf>,
     pub containerd_state_dir: Option<PathBuf>,
     pub containerd_namespace: Option<String>,
@@ -66,8 +73,11 @@ pub struct Config {
     pub default_grace_period: Duration,
     /// At most this many hooks run at once on the node.
     pub max_concurrent_hooks: usize,
-    /// Hosts that httpGet/tcpSocket hooks may reach besides the pod's own addresses and loopback.
-    pub allowed_hosts: Vec<IpAddr>,
+    /// The operator's policy: handler kinds by namespace, addresses hooks may reach.
+    pub policy: Arc<Policy>,
+    /// What the config asks that deserves a warning (a deprecated key), logged when it is
+    /// taken into use.
+    pub warnings: Vec<String>,
     /// containerd's gRPC socket; `None` = discover from containerd's own configuration.
     pub containerd_address: Option<PathBuf>,
     /// containerd's state directory (where each task's OCI bundle lives); `None` = discover
@@ -108,7 +118,8 @@ impl Default for Config {
             default_hook_timeout: Duration::from_secs(30),
             default_grace_period: Duration::from_secs(30),
             max_concurrent_hooks: 64,
-            allowed_hosts: Vec::new(),
+            policy: Arc::new(Policy::default()),
+            warnings: Vec::new(),
             containerd_address: None,
             containerd_state_dir: None,
             containerd_namespace: "k8s.io".to_string(),
@@ -250,14 +261,38 @@ impl RawConfig {
                 ))
             }
         };
-        let mut allowed_hosts = Vec::new();
-        for h in self.allowed_hosts.unwrap_or_default() {
-            let ip = h.parse().map_err(|_| ConfigError::Invalid {
-                field: "allowed_hosts",
-                problem: format!("{h:?} is not an IP address"),
-            })?;
-            allowed_hosts.push(ip);
-        }
+        // `allowed_hosts` (before the policy existed: the only hosts besides the pod's own
+        // addresses and loopback that hooks could reach) keeps exactly that meaning, as a
+        // network rule for every pod, with a warning saying what to write instead.
+        let mut warnings = Vec::new();
+        let allowed_hosts = match self.allowed_hosts {
+            None => None,
+            Some(list) => {
+                let mut ips: Vec<IpAddr> = Vec::new();
+                for h in &list {
+                    let ip = h.parse().map_err(|_| ConfigError::Invalid {
+                        field: "allowed_hosts",
+                        problem: format!("{h:?} is not an IP address"),
+                    })?;
+                    ips.push(ip);
+                }
+                let cidrs: Vec<String> = ips
+                    .iter()
+                    .map(|ip| format!("\"{}\"", ipnet::IpNet::from(*ip)))
+                    .collect();
+                warnings.push(format!(
+                    "plugin config: \"allowed_hosts\" is deprecated; it still limits the hosts \
+                     of httpGet and tcpSocket hooks to the pod's own addresses, loopback and \
+                     the addresses listed; write instead: [[policy.network]] allow = [{}]",
+                    cidrs.join(", ")
+                ));
+                Some(ips)
+            }
+        };
+        let policy = match (self.policy, &allowed_hosts) {
+            (None, None) => d.policy,
+            (raw, hosts) => Arc::new(raw.unwrap_or_default().compile(hosts.as_deref())?),
+        };
         let containerd_address = match self.containerd_address {
             Some(p) if !p.is_absolute() => {
                 return Err(invalid(
@@ -313,7 +348,8 @@ impl RawConfig {
                 d.default_grace_period,
             )?,
             max_concurrent_hooks,
-            allowed_hosts,
+            policy,
+            warnings,
             containerd_address,
             containerd_state_dir,
             containerd_namespace,
@@ -335,6 +371,74 @@ mod tests {
     fn sample_config_is_the_defaults() {
         let text = include_str!("../packaging/nri-lifecycle.conf");
         assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn sample_config_policy_example_parses_when_uncommented() {
+        let text = include_str!("../packaging/nri-lifecycle.conf");
+        let example: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                (l.starts_with("[[policy.") && l.ends_with("]]"))
+                    || (l.contains(" = [") && !l.contains("allowed_hosts") && !l.contains("[["))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(example.contains("[[policy.handlers]]"), "{example}");
+        let c = Config::from_toml(&example).unwrap();
+        assert!(c.policy.check_kind("exec", "team-a").is_err());
+        assert!(c
+            .policy
+            .check_addr("team-a", "169.254.169.254".parse().unwrap())
+            .is_err());
+        assert!(c
+            .policy
+            .check_addr("team-a", "10.244.1.1".parse().unwrap())
+            .is_ok());
+        assert!(c
+            .policy
+            .check_addr("team-a", "192.0.2.1".parse().unwrap())
+            .is_err());
+        assert!(c
+            .policy
+            .check_addr("other", "192.0.2.1".parse().unwrap())
+            .is_ok());
+    }
+
+    #[test]
+    fn readme_policy_example_says_what_it_does() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("A worked example").unwrap();
+        let block = &readme[start..];
+        let toml_start = block.find("```toml\n").unwrap() + "```toml\n".len();
+        let toml_end = toml_start + block[toml_start..].find("```").unwrap();
+        let c = Config::from_toml(&block[toml_start..toml_end]).unwrap();
+        let p = &c.policy;
+        let exec = p.check_kind("exec", "team-a").unwrap_err().to_string();
+        let net = p
+            .check_addr("team-a", "10.96.7.3".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        // the messages quoted after the example, as the README wraps them
+        let after: String = block[toml_end..]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(after.contains(&exec), "{exec}");
+        assert!(after.contains(&net), "{net}");
+        assert!(p.check_kind("tcpSocket", "db-main").is_ok());
+        assert!(p.check_kind("tcpSocket", "team-a").is_err());
+        assert!(p
+            .check_addr("team-a", "10.244.1.2".parse().unwrap())
+            .is_ok());
+        assert!(p
+            .check_addr("team-a", "10.244.42.2".parse().unwrap())
+            .is_err());
+        assert!(p
+            .check_addr("ops-x", "169.254.169.254".parse().unwrap())
+            .is_err());
+        assert!(p.check_addr("ops-x", "10.96.7.3".parse().unwrap()).is_ok());
     }
 
     #[test]
@@ -382,7 +486,6 @@ mod tests {
             runtime_dir = "/run/x"
             default_hook_timeout_seconds = 5
             max_concurrent_hooks = 8
-            allowed_hosts = ["10.0.0.1", "::1"]
             http_address = "127.0.0.1:9464"
             containerd_address = "/run/c.sock"
             "#,
@@ -390,13 +493,85 @@ mod tests {
         .unwrap();
         assert_eq!(c.log_file, None);
         assert_eq!(c.default_hook_timeout, Duration::from_secs(5));
-        assert_eq!(c.allowed_hosts.len(), 2);
         assert_eq!(c.http_address, Some("127.0.0.1:9464".parse().unwrap()));
         assert!(Config::from_toml("http_address = \"localhost\"")
             .unwrap_err()
             .to_string()
             .contains("http_address"));
         assert_eq!(c.containerd_address, Some(PathBuf::from("/run/c.sock")));
+    }
+
+    #[test]
+    fn policy_section() {
+        let c = Config::from_toml(
+            r#"
+            [[policy.handlers]]
+            kinds = ["exec"]
+            namespaces = ["kube-system", "ops-*"]
+
+            [[policy.network]]
+            deny = ["169.254.0.0/16"]
+            "#,
+        )
+        .unwrap();
+        assert!(c.warnings.is_empty());
+        assert!(c.policy.check_kind("exec", "ops-1").is_ok());
+        assert_eq!(
+            c.policy
+                .check_kind("exec", "team-a")
+                .unwrap_err()
+                .to_string(),
+            r#"exec hooks are not allowed in namespace "team-a" (policy.handlers rule 1: exec only in ["kube-system","ops-*"])"#
+        );
+        assert!(c
+            .policy
+            .check_addr("x", "169.254.169.254".parse().unwrap())
+            .is_err());
+        assert!(Config::default().policy.is_permissive());
+        // a config without a policy keeps the one it is read over
+        let over = Config::from_toml_over("log_level = \"debug\"", c.clone()).unwrap();
+        assert_eq!(over.policy, c.policy);
+        let e = |t| Config::from_toml(t).unwrap_err().to_string();
+        assert_eq!(
+            e("[[policy.handlers]]\nkinds = [\"exec\"]\nnamespaces = [\"A\"]"),
+            "plugin config: field \"policy.handlers[1].namespaces\": \"A\" is not a namespace name or pattern (lower-case letters, digits, '-', and '*' for any run of characters)"
+        );
+        assert!(
+            e("[[policy.handlers]]\nkinds = [\"exec\"]\nnamespaces = [\"a\"]\nextra = 1")
+                .contains("unknown field `extra`")
+        );
+        assert!(e("[policy]\nrules = []").contains("unknown field `rules`"));
+        assert!(e("[[policy.network]]\nallow = [\"10.0.0.0/33\"]")
+            .contains("\"policy.network[1].allow\""));
+    }
+
+    #[test]
+    fn allowed_hosts_keeps_its_meaning_with_a_warning() {
+        let c = Config::from_toml("allowed_hosts = [\"10.0.0.1\", \"::1\"]").unwrap();
+        assert_eq!(
+            c.warnings,
+            vec!["plugin config: \"allowed_hosts\" is deprecated; it still limits the hosts of httpGet and tcpSocket hooks to the pod's own addresses, loopback and the addresses listed; write instead: [[policy.network]] allow = [\"10.0.0.1/32\", \"::1/128\"]".to_string()]
+        );
+        assert!(c
+            .policy
+            .check_addr("a", "10.0.0.1".parse().unwrap())
+            .is_ok());
+        assert_eq!(
+            c.policy
+                .check_addr("a", "10.0.0.2".parse().unwrap())
+                .unwrap_err()
+                .to_string(),
+            r#"10.0.0.2 is refused by the plugin's policy (allowed_hosts: only ["10.0.0.1/32","::1/128"])"#
+        );
+        // the empty list of the old sample config: nothing besides the pod itself
+        let c = Config::from_toml("allowed_hosts = []").unwrap();
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].ends_with("allow = []"), "{}", c.warnings[0]);
+        assert!(c
+            .policy
+            .check_addr("a", "10.0.0.1".parse().unwrap())
+            .is_err());
+        assert!(Config::from_toml("").unwrap().warnings.is_empty());
     }
 
     #[test]

@@ -21,6 +21,8 @@
 //! - [`containerd`]: containerd's own API and state directory (stored-spec rewrite, bundles).
 //! - [`annotations`]: hook annotations → validated [`annotations::HookSpec`].
 //! - [`config`]: the plugin config, raw → validated.
+//! - [`policy`]: the operator's policy (handler kinds by namespace, addresses hooks may
+//!   reach), compiled with the config and evaluated as pure functions.
 //! - [`model`]: our own plain types for pods, containers, events and adjustments.
 //! - [`ops`]: metrics, liveness and readiness, and the HTTP listener that serves them.
 //! - [`daemon`]: the wiring of all of the above, for both launch modes.
@@ -42,3 +44,4 @@ pub mod node;
 pub mod nri;
 pub mod ns;
 pub mod ops;
+pub mod policy;

@@ -712,11 +712,25 @@ async fn http_get_from_inside_the_pod() {
     assert!(heads[4].starts_with("GET /ok "), "{}", heads[4]);
     assert_eq!(heads.len(), 17);
 
-    // other hosts are refused without connecting anywhere
-    match run_hook(&get("/ok", &[], Some("198.51.100.7")), &t, &l).await {
-        Outcome::Failed { reason } => assert!(reason.contains("neither"), "{reason}"),
+    // an address the policy denies is refused without connecting anywhere
+    let denied = Limits {
+        policy: policy("[[policy.network]]\ndeny = [\"198.51.100.0/24\"]"),
+        ..Limits::default()
+    };
+    match run_hook(&get("/ok", &[], Some("198.51.100.7")), &t, &denied).await {
+        Outcome::Failed { reason } => assert_eq!(
+            reason,
+            "host \"198.51.100.7\": 198.51.100.7 is refused by the plugin's policy (policy.network rule 1: deny [\"198.51.100.0/24\"])"
+        ),
         other => panic!("{other:?}"),
     }
+}
+
+/// The compiled policy of a plugin config.
+fn policy(config: &str) -> Arc<nri_lifecycle::policy::Policy> {
+    nri_lifecycle::config::Config::from_toml(config)
+        .unwrap()
+        .policy
 }
 
 #[tokio::test]
@@ -748,8 +762,10 @@ async fn tcp_socket_from_inside_the_pod() {
         run_hook(&lo, &t, &Limits::default()).await,
         Outcome::Failed { .. }
     ));
-    // an address that is not the pod's is reached only when the config allows it
-    let _other = serve_on(c.init, OTHER_IP, 8083, 1);
+    // an address that is not the pod's: reached by default, refused by a policy that does
+    // not allow it, reached again under one that does (and the pod's own address stays
+    // reachable under a policy that allows nothing)
+    let _other = serve_on(c.init, OTHER_IP, 8083, 2);
     let other = HookSpec {
         action: Action::TcpSocket {
             host: Some(OTHER_IP.to_string()),
@@ -757,15 +773,167 @@ async fn tcp_socket_from_inside_the_pod() {
         },
         ..exec(&[])
     };
-    match run_hook(&other, &t, &Limits::default()).await {
-        Outcome::Failed { reason } => assert!(reason.contains("neither"), "{reason}"),
+    assert!(run_hook(&other, &t, &Limits::default()).await.is_success());
+    let nothing = Limits {
+        policy: policy("[[policy.network]]\nallow = []"),
+        ..Limits::default()
+    };
+    match run_hook(&other, &t, &nothing).await {
+        Outcome::Failed { reason } => assert_eq!(
+            reason,
+            "tcpSocket: host \"192.0.2.20\": 192.0.2.20 is refused by the plugin's policy (policy.network rule 1: only [])"
+        ),
         other => panic!("{other:?}"),
     }
+    let _own = serve_in(c.init, 8084, 1);
+    assert!(run_hook(&tcp(8084), &t, &nothing).await.is_success());
     let allowed = Limits {
-        allowed_hosts: vec![IpAddr::V4(OTHER_IP)],
+        policy: policy("[[policy.network]]\nallow = [\"192.0.2.16/28\"]"),
         ..Limits::default()
     };
     assert!(run_hook(&other, &t, &allowed).await.is_success());
+}
+
+/// A DNS server on `addr`:53 (UDP) inside the container's network namespace, answering A
+/// questions from `zone` (NXDOMAIN for other names) and recording each question.
+fn dns_in(netns_pid: u32, addr: Ipv4Addr, zone: &[(&str, Ipv4Addr)]) -> Arc<Mutex<Vec<String>>> {
+    use hickory_proto::op::{Message, OpCode, ResponseCode};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{RData, Record, RecordType};
+    let zone: BTreeMap<String, Ipv4Addr> =
+        zone.iter().map(|(n, ip)| (format!("{n}."), *ip)).collect();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(format!("/proc/{netns_pid}/ns/net")).unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: this dedicated test thread enters the test's own namespace and stays there.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let socket = std::net::UdpSocket::bind((addr, 53)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let query = Message::from_vec(&buf[..n]).unwrap();
+            let q = query.queries[0].clone();
+            let name = q.name().to_ascii();
+            record
+                .lock()
+                .unwrap()
+                .push(format!("{name} {} from {}", q.query_type(), from.ip()));
+            let mut reply = Message::response(query.metadata.id, OpCode::Query);
+            reply.add_query(q.clone());
+            match zone.get(&name) {
+                Some(ip) if q.query_type() == RecordType::A => {
+                    reply.add_answer(Record::from_rdata(q.name().clone(), 5, RData::A(A(*ip))));
+                }
+                Some(_) => {}
+                None => reply.metadata.response_code = ResponseCode::NXDomain,
+            }
+            socket.send_to(&reply.to_vec().unwrap(), from).unwrap();
+        }
+    });
+    rx.recv().unwrap();
+    seen
+}
+
+#[tokio::test]
+async fn host_names_are_resolved_with_the_pods_own_resolver_from_the_pod() {
+    let c = Container::start();
+    let etc = c.root_path.join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    // The kubelet's shape of a pod's resolv.conf and hosts file, pointing at a DNS server
+    // that exists only inside the pod's network namespace.
+    std::fs::write(
+        etc.join("resolv.conf"),
+        "search team-a.svc.cluster.local svc.cluster.local cluster.local
+\
+         nameserver 192.0.2.20
+options ndots:5
+",
+    )
+    .unwrap();
+    std::fs::write(
+        etc.join("hosts"),
+        "127.0.0.1	localhost
+192.0.2.20	pinned.example
+",
+    )
+    .unwrap();
+    let asked = dns_in(
+        c.init,
+        OTHER_IP,
+        &[
+            ("web.team-a.svc.cluster.local", OTHER_IP),
+            (
+                "metadata.team-a.svc.cluster.local",
+                Ipv4Addr::new(169, 254, 169, 254),
+            ),
+        ],
+    );
+    let seen = serve_on(c.init, OTHER_IP, 8085, 2);
+    let t = c.target();
+    let get_on = |host: &str| HookSpec {
+        action: Action::HttpGet(HttpGet {
+            path: "/ok".into(),
+            port: 8085,
+            host: Some(host.into()),
+            scheme: Scheme::Http,
+            headers: vec![],
+        }),
+        ..exec(&[])
+    };
+    // A short name through the search list, asked from inside the pod.
+    assert_eq!(
+        run_hook(&get_on("web"), &t, &Limits::default()).await,
+        Outcome::Succeeded {
+            output: "hello".into()
+        }
+    );
+    assert_eq!(
+        asked.lock().unwrap().clone(),
+        ["web.team-a.svc.cluster.local. A from 192.0.2.20"]
+    );
+    // The Host header names the host as given, as the kubelet's does.
+    assert!(
+        seen.lock().unwrap()[0]
+            .to_lowercase()
+            .contains("host: web:8085"),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    // The container's hosts file comes first: no question asked.
+    assert!(run_hook(&get_on("pinned.example"), &t, &Limits::default())
+        .await
+        .is_success());
+    assert_eq!(asked.lock().unwrap().len(), 1);
+    // A name that resolves to an address the policy denies fails with the reason.
+    let denied = Limits {
+        policy: policy("[[policy.network]]\ndeny = [\"169.254.0.0/16\"]"),
+        ..Limits::default()
+    };
+    match run_hook(&get_on("metadata"), &t, &denied).await {
+        Outcome::Failed { reason } => assert_eq!(
+            reason,
+            "host \"metadata\": 169.254.169.254 is refused by the plugin's policy (policy.network rule 1: deny [\"169.254.0.0/16\"])"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A name nobody knows fails with what was asked.
+    match run_hook(&get_on("nowhere"), &t, &Limits::default()).await {
+        Outcome::Failed { reason } => assert_eq!(
+            reason,
+            "resolving \"nowhere\": no address (asked nowhere.team-a.svc.cluster.local, \
+             nowhere.svc.cluster.local, nowhere.cluster.local, nowhere of nameserver 192.0.2.20)"
+        ),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// An HTTPS server with a self-signed certificate inside the container's network namespace:

@@ -24,7 +24,7 @@ use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
 use super::effects::{Effects, GateStatus};
-use super::{ms, Inbox, Index, Input, PreStopOutcome, Status};
+use super::{ms, Inbox, Index, Input, PreStopOutcome, SharedPolicy, Status};
 use crate::annotations::{self, HookSpec, Hooks, Phase as HookPhase};
 use crate::config::Config;
 use crate::gate::GateParams;
@@ -117,6 +117,8 @@ pub(super) struct Machine {
     table: HashMap<String, Tracked>,
     /// The table's ids, for the edge (see `Index`): changed only with the table.
     index: Index,
+    /// The policy in force, for the edge's validation: changed only with the config.
+    policy: SharedPolicy,
 }
 
 impl Machine {
@@ -127,9 +129,12 @@ impl Machine {
         ops: Arc<Ops>,
         inbox: Inbox,
         index: Index,
+        policy: SharedPolicy,
     ) -> Machine {
+        *lock::write(&policy) = Arc::clone(&config.policy);
         Machine {
             index,
+            policy,
             ops,
             permits: Arc::new(Semaphore::new(config.max_concurrent_hooks)),
             effects,
@@ -207,6 +212,10 @@ impl Machine {
         if let Some(e) = problem {
             warn!(error = %e, "the plugin config handed over by the runtime is invalid: keeping the current one");
         }
+        for warning in &config.warnings {
+            warn!("{warning}");
+        }
+        *lock::write(&self.policy) = Arc::clone(&config.policy);
         self.resize_permits(
             self.config.max_concurrent_hooks,
             config.max_concurrent_hooks,
@@ -661,7 +670,7 @@ impl Machine {
         let inbox = self.inbox.clone();
         let limits = hooks::Limits {
             default_timeout: bound,
-            allowed_hosts: self.config.allowed_hosts.clone(),
+            policy: Arc::clone(&self.config.policy),
         };
         let target = target.clone();
         let task = tokio::spawn(async move {
@@ -776,6 +785,7 @@ fn event_target(effects: &dyn Effects, t: &Tracked) -> hooks::Target {
         bundle: effects.bundle(&t.container.id),
         pod_ips: t.pod.ips.clone(),
         pod_netns: t.pod.netns_path().map(Into::into),
+        pod_namespace: t.pod.namespace.clone(),
     }
 }
 

@@ -37,6 +37,7 @@ use crate::lock;
 use crate::model::{Adjustment, Container, Event, EventKind, Pod, RuntimeInfo};
 use crate::nri::Handler;
 use crate::ops::Ops;
+use crate::policy::Policy;
 
 /// Where the kubelet mounts the termination-message file in a container.
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
@@ -113,6 +114,10 @@ pub(crate) enum Input {
 /// hooks, which would change nothing, are answered without a trip through the input.
 type Index = Arc<RwLock<HashSet<String>>>;
 
+/// The policy of the config in force. Written only by the machine, when it takes a config;
+/// read by the edge, which checks the hooks of every create against it.
+type SharedPolicy = Arc<RwLock<Arc<Policy>>>;
+
 /// The sending end of the core's input, for the gate servers and the core's own tasks.
 #[derive(Clone, Debug)]
 pub struct Inbox(mpsc::Sender<Input>);
@@ -164,6 +169,7 @@ pub struct Core {
     inbox: Inbox,
     ops: Arc<Ops>,
     index: Index,
+    policy: SharedPolicy,
     _alive: Arc<oneshot::Sender<()>>,
 }
 
@@ -180,6 +186,7 @@ impl Core {
     ) -> Core {
         let (alive, mut dropped) = oneshot::channel::<()>();
         let index = Index::default();
+        let policy = SharedPolicy::default();
         let mut machine = machine::Machine::new(
             config,
             keep_config,
@@ -187,6 +194,7 @@ impl Core {
             Arc::clone(&ops),
             inbox.clone(),
             Arc::clone(&index),
+            Arc::clone(&policy),
         );
         let Inlet(mut rx) = inlet;
         tokio::spawn(async move {
@@ -205,6 +213,7 @@ impl Core {
             inbox,
             ops,
             index,
+            policy,
             _alive: Arc::new(alive),
         }
     }
@@ -264,12 +273,15 @@ impl Handler for Core {
 
     async fn create_container(&self, pod: Pod, container: Container) -> Result<Adjustment, Error> {
         let _request = self.ops.request(EventKind::CreateContainer.as_str());
-        // Validation is pure: a container without hooks (or with a bad one) changes nothing.
+        // Validation is pure: a container without hooks (or with a bad one, or one the
+        // policy forbids) changes nothing.
         let hooks =
             annotations::hooks_for(&container.name, &pod.annotations, &container.annotations)?;
         if hooks.is_empty() {
             return Ok(Adjustment::default());
         }
+        let policy = Arc::clone(&lock::read(&self.policy));
+        policy.check_hooks(&hooks, &pod.namespace, &pod.ips)?;
         let (reply, answer) = oneshot::channel();
         self.inbox
             .send(Input::Create {

@@ -539,6 +539,58 @@ async fn runtime_config_is_applied_through_the_effects() {
 }
 
 #[tokio::test]
+async fn the_policy_in_force_refuses_creates() {
+    let fake = Arc::new(Fake::default());
+    let (core, _) = start(&fake);
+    let key = "poststart.lifecycle.nri.io/container.app";
+    let mut p = pod(&[(key, r#"{"exec":{"command":["true"]}}"#)]);
+    p.namespace = "team-a".into();
+    // The default policy allows it.
+    core.create_container(p.clone(), container("c0", "app"))
+        .await
+        .unwrap();
+    let policy =
+        "[[policy.handlers]]\nkinds = [\"exec\"]\nnamespaces = [\"kube-system\", \"ops-*\"]";
+    core.configure(RuntimeInfo {
+        config: policy.into(),
+        ..RuntimeInfo::default()
+    })
+    .await;
+    let err = core
+        .create_container(p.clone(), container("c1", "app"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#"annotation "poststart.lifecycle.nri.io/container.app": exec hooks are not allowed in namespace "team-a" (policy.handlers rule 1: exec only in ["kube-system","ops-*"])"#
+    );
+    assert!(matches!(err, Error::Annotation(_)));
+    // Allowed in a namespace the rule names.
+    let mut ops = p.clone();
+    ops.namespace = "ops-blue".into();
+    core.create_container(ops.clone(), container("c2", "app"))
+        .await
+        .unwrap();
+    // The handler rules admit containers at create, as an admission policy does: containers
+    // found at synchronization (created before, under whatever policy) keep their hooks.
+    core.synchronize(
+        vec![p.clone()],
+        vec![container("c3", "app"), container("c0", "app")],
+    )
+    .await;
+    assert_eq!(core.status().await.tracked, 2, "c0 and c3");
+    // A runtime config without a policy goes back to the permissive default.
+    core.configure(RuntimeInfo {
+        config: "log_level = \"info\"".into(),
+        ..RuntimeInfo::default()
+    })
+    .await;
+    core.create_container(p, container("c4", "app"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn a_dropped_core_answers_the_gate_instead_of_hanging() {
     let fake = Arc::new(Fake::default());
     let (core, inbox) = start(&fake);
@@ -571,6 +623,7 @@ fn hook_concurrency_follows_the_config() {
             fake,
             Arc::new(Ops::new()),
             inbox,
+            Default::default(),
             Default::default(),
         );
         assert_eq!(m.free_permits(), 64);

@@ -4,6 +4,7 @@
 //! how it went ([`Outcome`]). Every runner is cancellation-safe: dropping the future of
 //! [`run_hook`] stops the hook (an exec hook's whole process tree is killed).
 
+pub mod dns;
 mod exec;
 mod http;
 mod net;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use crate::annotations::{Action, HookSpec};
 use crate::model::ProcessSpec;
 use crate::ns::pidfd::PidFd;
+use crate::policy::Policy;
 
 pub use output::OUTPUT_LIMIT;
 
@@ -34,8 +36,10 @@ pub enum Error {
         container: String,
         source: std::io::Error,
     },
-    #[error("host {host:?} is neither the pod's address nor loopback (allow other hosts in the plugin config to use it)")]
-    HostRefused { host: String },
+    #[error("host {host:?}: {reason}")]
+    HostRefused { host: String, reason: String },
+    #[error(transparent)]
+    Dns(#[from] dns::DnsError),
     #[error("no address known for pod of container {container}")]
     NoPodIp { container: String },
     #[error("connecting to {addr}: {source}")]
@@ -69,6 +73,8 @@ pub struct Target {
     /// sandbox. (The sandbox's PID is not used: no pidfd of the sandbox is held, and one
     /// opened from its PID when a hook runs could name another process.)
     pub pod_netns: Option<PathBuf>,
+    /// The pod's namespace, for the plugin's policy.
+    pub pod_namespace: String,
 }
 
 /// Bounds and permissions of one hook run.
@@ -76,16 +82,16 @@ pub struct Target {
 pub struct Limits {
     /// Used when the hook has no `timeoutSeconds`.
     pub default_timeout: Duration,
-    /// Addresses httpGet/tcpSocket may reach besides the pod's own and loopback (the plugin
-    /// config's `allowed_hosts`; see [`reach`]).
-    pub allowed_hosts: Vec<IpAddr>,
+    /// The plugin's policy: the addresses httpGet/tcpSocket may reach besides the pod's own
+    /// and loopback (see [`reach`]).
+    pub policy: Arc<Policy>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             default_timeout: Duration::from_secs(30),
-            allowed_hosts: Vec::new(),
+            policy: Arc::new(Policy::default()),
         }
     }
 }

@@ -17,7 +17,7 @@ use super::Error;
 /// What the namespace thread hands back.
 #[derive(Debug)]
 pub struct NetnsSocket {
-    /// A non-blocking, unconnected TCP socket of the requested family.
+    /// A non-blocking, unconnected TCP (or UDP) socket of the requested family.
     pub socket: OwnedFd,
 }
 
@@ -147,17 +147,21 @@ async fn recv<T>(
 
 /// Creates a TCP socket (IPv6 when `v6`, else IPv4) inside `netns`.
 pub async fn tcp_socket(netns: Netns, v6: bool) -> Result<NetnsSocket, Error> {
+    socket(netns, v6, libc::SOCK_STREAM).await
+}
+
+/// Creates a UDP socket (IPv6 when `v6`, else IPv4) inside `netns`.
+pub async fn udp_socket(netns: Netns, v6: bool) -> Result<NetnsSocket, Error> {
+    socket(netns, v6, libc::SOCK_DGRAM).await
+}
+
+async fn socket(netns: Netns, v6: bool, kind: libc::c_int) -> Result<NetnsSocket, Error> {
     let name = netns.name.clone();
     let rx = in_netns(netns, move || {
         let domain = if v6 { libc::AF_INET6 } else { libc::AF_INET };
         // SAFETY: socket() returns a new fd or -1.
-        let fd = unsafe {
-            libc::socket(
-                domain,
-                libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                0,
-            )
-        };
+        let fd =
+            unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
         if fd < 0 {
             return Err(format!("socket: {}", std::io::Error::last_os_error()));
         }
