@@ -15,7 +15,8 @@
 //!   an external plugin, with the runtime's plugin config handed over in a file;
 //! - it restarts the daemon within a second when it dies (backing off up to a second on
 //!   repeated crashes), and, started again by a restarted runtime, watches the daemon it
-//!   finds alive (through the PID in the daemon's lock file) instead of starting a second;
+//!   finds alive (through the PID in the daemon's lock file) instead of starting a second —
+//!   unless that daemon runs another build of the plugin (an upgrade), which it replaces;
 //! - when the runtime takes no external plugins (`disable_connections`), it serves NRI itself
 //!   as a plain pre-installed plugin, and says loudly that nothing will heal it.
 
@@ -212,6 +213,23 @@ async fn supervise_daemon(spec: DaemonSpec) {
         if let Some(pid) = supervise::holder(&spec.lock) {
             // A daemon from before the runtime restarted, or another install's: watch it.
             match crate::ns::pidfd::PidFd::open(pid) {
+                Ok(fd) if is_other_build(pid) => {
+                    // Started by a launcher of another build (the plugin was upgraded and
+                    // the runtime restarted): replace it, or the old code would serve on.
+                    warn!(
+                        pid,
+                        "the running daemon is another build of the plugin: replacing it"
+                    );
+                    let _ = fd.send_signal(libc::SIGTERM);
+                    if tokio::time::timeout(REPLACE_GRACE, fd.exited())
+                        .await
+                        .is_err()
+                    {
+                        let _ = fd.send_signal(libc::SIGKILL);
+                        let _ = fd.exited().await;
+                    }
+                    continue;
+                }
                 Ok(fd) => {
                     info!(pid, "a daemon already serves the runtime; watching it");
                     let _ = fd.exited().await;
@@ -242,6 +260,29 @@ async fn supervise_daemon(spec: DaemonSpec) {
             Err(e) => error!(error = %e, "cannot start the daemon"),
         }
         tokio::time::sleep(backoff.next_wait()).await;
+    }
+}
+
+/// How long an old daemon being replaced gets to end its connection.
+const REPLACE_GRACE: Duration = Duration::from_secs(5);
+
+/// Whether `pid` is a daemon started by a launcher (its first argument is the daemon
+/// subcommand) from another executable file than ours. A plugin installed another way
+/// (`run`) is never taken for one.
+fn is_other_build(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let first_arg = cmdline.split(|b| *b == 0).nth(1).unwrap_or_default();
+    if first_arg != DAEMON_SUBCOMMAND.as_bytes() {
+        return false;
+    }
+    let id = |path: String| std::fs::metadata(path).map(|m| (m.dev(), m.ino()));
+    match (
+        id(format!("/proc/{pid}/exe")),
+        id("/proc/self/exe".to_string()),
+    ) {
+        (Ok(theirs), Ok(ours)) => theirs != ours,
+        _ => false,
     }
 }
 
@@ -310,6 +351,43 @@ mod tests {
                 "/run/x/daemon-run_nri_nri.sock.conf"
             ]
         );
+    }
+
+    #[test]
+    fn only_a_launchers_daemon_of_another_build_is_replaced() {
+        // Another executable file: a shell, run with a script named like the subcommand.
+        let dir = tempfile::tempdir().unwrap();
+        let sh = dir.path().join("nri-lifecycle");
+        std::fs::copy("/bin/sh", &sh).unwrap();
+        std::fs::write(dir.path().join(DAEMON_SUBCOMMAND), "sleep 30\n").unwrap();
+        let spawn = |args: &[&str]| {
+            std::process::Command::new(&sh)
+                .args(args)
+                .current_dir(dir.path())
+                .spawn()
+                .unwrap()
+        };
+        let mut daemon = spawn(&[DAEMON_SUBCOMMAND]);
+        let mut other = spawn(&["-c", "sleep 30; true"]);
+        let seen = |pid: u32| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+                if exe == sh {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            false
+        };
+        assert!(seen(daemon.id()) && seen(other.id()));
+        assert!(is_other_build(daemon.id()));
+        assert!(!is_other_build(other.id()), "not started as a daemon");
+        assert!(!is_other_build(std::process::id()), "ourselves");
+        for c in [&mut daemon, &mut other] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     #[test]
