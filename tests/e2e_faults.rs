@@ -198,6 +198,16 @@ async fn poststart_works(s: &Setup, cri: &mut Cri, name: &str, since: f64) -> f6
         s.diagnostics()
     );
     let at = stamp(&shared.join("poststart")).expect("stamp");
+    // Once: a second plugin serving the same runtime would run it again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let runs = std::fs::read_to_string(shared.join("poststart")).unwrap_or_default();
+    assert_eq!(
+        runs.lines().count(),
+        1,
+        "{}: PostStart ran more than once:\n{}",
+        s.what(),
+        s.diagnostics()
+    );
     let _ = cri.stop_container(&id, 2).await;
     cri.remove_container(&id).await.expect("remove");
     cri.delete_pod(&pod).await.expect("delete pod");
@@ -330,5 +340,85 @@ async fn recovers_from_a_containerd_restart() {
             drop(cri);
             s.stop().await;
         }
+    }
+}
+
+/// The drop-in plugin and a systemd-style external one on the same node: one serves, the
+/// other waits on the runtime's lock; when the serving one is killed, exactly one takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_plugin_serves_when_two_are_installed() {
+    if !nri_harness::require_root("one_plugin_serves_when_two_are_installed") {
+        return;
+    }
+    for v in Version::ALL {
+        let mut s = Setup::start(v, Mode::DropIn).await;
+        let first = s.serving_pid().await;
+        s.spawn_external();
+        let waiting = s
+            .node
+            .wait_plugin_log(LIMIT, |l| {
+                l.contains("another nri-lifecycle already serves")
+            })
+            .await;
+        assert!(
+            waiting.is_some(),
+            "{v}: the second plugin did not wait for the lock:\n{}",
+            s.diagnostics()
+        );
+        assert_eq!(s.connections(), 1, "{v}: two plugins connected");
+        let mut cri = s.node.cri().await.expect("cri");
+        poststart_works(&s, &mut cri, "two-installed", unix_now()).await;
+        // Kill the one serving: the launcher's new daemon or the waiting plugin takes over,
+        // never both.
+        sys::kill(first, libc::SIGKILL);
+        s.wait_connections(2).await;
+        let second = s.serving_pid().await;
+        assert_ne!(second, first, "{v}: the killed plugin still serves");
+        poststart_works(&s, &mut cri, "after-takeover", unix_now()).await;
+        assert_eq!(s.connections(), 2, "{v}: both remaining plugins connected");
+        drop(cri);
+        s.stop().await;
+    }
+}
+
+/// With external connections disabled in containerd there is nothing to heal with: the
+/// launcher serves NRI itself, hooks work, and the log says it cannot recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_external_connections_the_launcher_serves_itself() {
+    if !nri_harness::require_root("without_external_connections_the_launcher_serves_itself") {
+        return;
+    }
+    for v in Version::ALL {
+        let node = Node::start_with(
+            v,
+            PluginMode::Preinstalled(PathBuf::from(PLUGIN)),
+            nri_harness::NodeOptions {
+                nri_connections: false,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{v}: node did not start: {e}"));
+        let s = Setup {
+            node,
+            mode: Mode::DropIn,
+            external: None,
+        };
+        assert!(
+            s.node.plugin_log().contains("CANNOT RECOVER"),
+            "{v}: no warning that the plugin cannot recover:\n{}",
+            s.diagnostics()
+        );
+        assert_eq!(
+            s.node.daemon_pid(),
+            None,
+            "{v}: a daemon runs without a socket"
+        );
+        let mut cri = s.node.cri().await.expect("cri");
+        poststart_works(&s, &mut cri, "no-connections", unix_now()).await;
+        let gated = start_gated(&s, &mut cri, "held").await;
+        check_gated_stop(&s, &mut cri, gated, "served by the launcher").await;
+        drop(cri);
+        s.stop().await;
     }
 }
