@@ -422,3 +422,74 @@ async fn without_external_connections_the_launcher_serves_itself() {
         s.stop().await;
     }
 }
+
+/// An upgrade: the plugin file replaced by another build and containerd restarted. The new
+/// launcher stops the old daemon and starts its own; a container gated before still runs its
+/// PreStop once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_plugin_replaces_the_old_daemon() {
+    if !nri_harness::require_root("an_upgraded_plugin_replaces_the_old_daemon") {
+        return;
+    }
+    for v in Version::ALL {
+        let mut s = Setup::start(v, Mode::DropIn).await;
+        let mut cri = s.node.cri().await.expect("cri");
+        let gated = start_gated(&s, &mut cri, "held").await;
+        let old = s.serving_pid().await;
+        // Another file (another inode) in place of the plugin, as a package upgrade leaves it.
+        let installed = s
+            .node
+            .paths()
+            .plugin_dir
+            .join(nri_harness::node::PLUGIN_FILE);
+        let new_build = s.node.paths().dir.join("upgrade");
+        std::fs::copy(PLUGIN, &new_build).expect("copy");
+        std::fs::rename(&new_build, &installed).expect("replace");
+        drop(cri);
+        s.node
+            .restart_containerd()
+            .await
+            .unwrap_or_else(|e| panic!("{v}: restart: {e}"));
+        let start = Instant::now();
+        let new = loop {
+            match s.node.daemon_pid() {
+                Some(pid) if pid != old => break pid,
+                _ => {}
+            }
+            assert!(
+                start.elapsed() < LIMIT,
+                "{v}: the old daemon still serves:\n{}",
+                s.diagnostics()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            sys::wait_gone(&[old], Duration::from_secs(10)),
+            "{v}: the old daemon lives on"
+        );
+        let exe = std::fs::read_link(format!("/proc/{new}/exe")).expect("exe");
+        assert_eq!(exe, installed, "{v}: the new daemon runs the new file");
+        // The new daemon connected (the log starts afresh with the new containerd: the old
+        // daemon's reconnection, if it came first, and the new one's).
+        s.wait_connections(1).await;
+        let start = Instant::now();
+        while !s
+            .node
+            .containerd_log()
+            .lines()
+            .any(|l| l.contains(&format!("[{new}]")) && l.contains("registered as"))
+        {
+            assert!(
+                start.elapsed() < LIMIT,
+                "{v}: the new daemon did not register:\n{}",
+                s.diagnostics()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut cri = s.node.cri().await.expect("cri");
+        poststart_works(&s, &mut cri, "after-upgrade", unix_now()).await;
+        check_gated_stop(&s, &mut cri, gated, "after an upgrade").await;
+        drop(cri);
+        s.stop().await;
+    }
+}
