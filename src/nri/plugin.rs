@@ -31,6 +31,8 @@ pub const RECONNECT_INITIAL: Duration = Duration::from_millis(100);
 /// Longest wait between reconnection attempts: a runtime back from a restart, or one that
 /// dropped us after a stall, has us again within about a second.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(1);
+/// Failed connection attempts in a row between two warnings (a minute at [`RECONNECT_MAX`]).
+const FAILURES_PER_WARNING: u32 = 60;
 /// After `Shutdown`, how long we wait for the runtime to close the connection itself.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
@@ -268,6 +270,7 @@ pub async fn run_external(
     reg.validate()?;
     let mut shutdown = pin!(shutdown);
     let mut backoff = crate::supervise::Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
+    let mut failures: u32 = 0;
     loop {
         let session = Arc::new(Session::default());
         let registered = AtomicBool::new(false);
@@ -302,6 +305,7 @@ pub async fn run_external(
         if registered.load(Ordering::SeqCst) {
             session.shut_down_handler(&*handler).await;
             backoff.reset();
+            failures = 0;
         }
         let wait = backoff.next_wait();
         match result {
@@ -310,7 +314,14 @@ pub async fn run_external(
                 tracing::info!(path = %socket_path.display(), "runtime went away; reconnecting")
             }
             Some(Err(err)) => {
-                tracing::warn!(path = %socket_path.display(), %err, ?wait, "runtime connection failed; retrying")
+                // Once a second while the runtime is away: say it at the first failure and
+                // then once a minute, not every time.
+                if failures % FAILURES_PER_WARNING == 0 {
+                    tracing::warn!(path = %socket_path.display(), %err, ?wait, failures, "runtime connection failed; retrying");
+                } else {
+                    tracing::debug!(path = %socket_path.display(), %err, ?wait, "runtime connection failed; retrying");
+                }
+                failures += 1;
             }
         }
         tokio::select! {
