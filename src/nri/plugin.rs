@@ -316,7 +316,7 @@ pub async fn run_external(
             Some(Err(err)) => {
                 // Once a second while the runtime is away: say it at the first failure and
                 // then once a minute, not every time.
-                if failures % FAILURES_PER_WARNING == 0 {
+                if failures.is_multiple_of(FAILURES_PER_WARNING) {
                     tracing::warn!(path = %socket_path.display(), %err, ?wait, failures, "runtime connection failed; retrying");
                 } else {
                     tracing::debug!(path = %socket_path.display(), %err, ?wait, "runtime connection failed; retrying");
