@@ -16,7 +16,8 @@
 //! - it restarts the daemon within a second when it dies (backing off up to a second on
 //!   repeated crashes), and, started again by a restarted runtime, watches the daemon it
 //!   finds alive (through the PID in the daemon's lock file) instead of starting a second —
-//!   unless that daemon runs another build of the plugin (an upgrade), which it replaces;
+//!   unless that daemon runs another build of the plugin (an upgrade) or was started with
+//!   another plugin config, which it replaces;
 //! - when the runtime takes no external plugins (`disable_connections`), it serves NRI itself
 //!   as a plain pre-installed plugin, and says loudly that nothing will heal it.
 
@@ -166,6 +167,10 @@ impl Handler for Launcher {
             lock,
             reg: self.reg.clone(),
         };
+        // A daemon still running from before a runtime restart read the file at its start:
+        // if the config changed since, it is replaced, as after an upgrade.
+        let config_changed =
+            std::fs::read_to_string(&spec.config_file).is_ok_and(|old| old != info.config);
         if let Err(e) = hand_over(&spec.config_file, &info.config) {
             error!(path = %spec.config_file.display(), error = %e, "cannot hand the plugin config to the daemon; it starts with the defaults");
         }
@@ -175,7 +180,7 @@ impl Handler for Launcher {
             "launcher registered; keeping the daemon connected to the runtime's NRI socket"
         );
         *crate::lock::lock(&self.mode) = Mode::Supervising;
-        tokio::spawn(supervise_daemon(spec));
+        tokio::spawn(supervise_daemon(spec, config_changed));
     }
 
     async fn synchronize(&self, pods: Vec<Pod>, containers: Vec<Container>) {
@@ -206,19 +211,25 @@ impl Handler for Launcher {
     }
 }
 
-/// Keeps one daemon alive for as long as the launcher lives.
-async fn supervise_daemon(spec: DaemonSpec) {
+/// Keeps one daemon alive for as long as the launcher lives. `config_changed`: the plugin
+/// config differs from the one a daemon found running was started with.
+async fn supervise_daemon(spec: DaemonSpec, mut config_changed: bool) {
     let mut backoff = Backoff::new(RESTART_INITIAL, RESTART_MAX);
     loop {
         if let Some(pid) = supervise::holder(&spec.lock) {
             // A daemon from before the runtime restarted, or another install's: watch it.
+            let stale = match launchers_daemon(pid) {
+                Some(same_build) => !same_build || std::mem::take(&mut config_changed),
+                None => false,
+            };
             match crate::ns::pidfd::PidFd::open(pid) {
-                Ok(fd) if is_other_build(pid) => {
+                Ok(fd) if stale => {
                     // Started by a launcher of another build (the plugin was upgraded and
-                    // the runtime restarted): replace it, or the old code would serve on.
+                    // the runtime restarted) or with another config: replace it, or the old
+                    // code or config would serve on.
                     warn!(
                         pid,
-                        "the running daemon is another build of the plugin: replacing it"
+                        "the running daemon is another build of the plugin or has another config: replacing it"
                     );
                     let _ = fd.send_signal(libc::SIGTERM);
                     if tokio::time::timeout(REPLACE_GRACE, fd.exited())
@@ -267,22 +278,23 @@ async fn supervise_daemon(spec: DaemonSpec) {
 const REPLACE_GRACE: Duration = Duration::from_secs(5);
 
 /// Whether `pid` is a daemon started by a launcher (its first argument is the daemon
-/// subcommand) from another executable file than ours. A plugin installed another way
-/// (`run`) is never taken for one.
-fn is_other_build(pid: u32) -> bool {
+/// subcommand): `Some(true)` when it runs our executable file, `Some(false)` when another
+/// one (another build). `None` for anything else: a plugin installed another way (`run`) is
+/// never taken for one.
+fn launchers_daemon(pid: u32) -> Option<bool> {
     use std::os::unix::fs::MetadataExt;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let first_arg = cmdline.split(|b| *b == 0).nth(1).unwrap_or_default();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let first_arg = cmdline.split(|b| *b == 0).nth(1)?;
     if first_arg != DAEMON_SUBCOMMAND.as_bytes() {
-        return false;
+        return None;
     }
     let id = |path: String| std::fs::metadata(path).map(|m| (m.dev(), m.ino()));
     match (
         id(format!("/proc/{pid}/exe")),
         id("/proc/self/exe".to_string()),
     ) {
-        (Ok(theirs), Ok(ours)) => theirs != ours,
-        _ => false,
+        (Ok(theirs), Ok(ours)) => Some(theirs == ours),
+        _ => None,
     }
 }
 
@@ -381,9 +393,13 @@ mod tests {
             false
         };
         assert!(seen(daemon.id()) && seen(other.id()));
-        assert!(is_other_build(daemon.id()));
-        assert!(!is_other_build(other.id()), "not started as a daemon");
-        assert!(!is_other_build(std::process::id()), "ourselves");
+        assert_eq!(launchers_daemon(daemon.id()), Some(false), "another build");
+        assert_eq!(
+            launchers_daemon(other.id()),
+            None,
+            "not started as a daemon"
+        );
+        assert_eq!(launchers_daemon(std::process::id()), None, "ourselves");
         for c in [&mut daemon, &mut other] {
             let _ = c.kill();
             let _ = c.wait();

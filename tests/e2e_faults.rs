@@ -493,3 +493,42 @@ async fn an_upgraded_plugin_replaces_the_old_daemon() {
         s.stop().await;
     }
 }
+
+/// The plugin config changed and containerd restarted: the daemon, which read the old config
+/// at its start, is replaced by one with the new config; with the config unchanged it is
+/// kept (see the restart test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_config_replaces_the_daemon() {
+    if !nri_harness::require_root("a_changed_config_replaces_the_daemon") {
+        return;
+    }
+    for v in Version::ALL {
+        let mut s = Setup::start(v, Mode::DropIn).await;
+        let old = s.serving_pid().await;
+        let conf = s
+            .node
+            .paths()
+            .plugin_config_dir
+            .join(format!("{}.conf", nri_harness::node::PLUGIN_FILE));
+        let mut text = std::fs::read_to_string(&conf).expect("plugin config");
+        text.push_str("default_grace_period_seconds = 31\n");
+        std::fs::write(&conf, text).expect("write plugin config");
+        s.node
+            .restart_containerd()
+            .await
+            .unwrap_or_else(|e| panic!("{v}: restart: {e}"));
+        let start = Instant::now();
+        while s.node.daemon_pid().is_none_or(|pid| pid == old) {
+            assert!(
+                start.elapsed() < LIMIT,
+                "{v}: the daemon with the old config still serves:\n{}",
+                s.diagnostics()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut cri = s.node.cri().await.expect("cri");
+        poststart_works(&s, &mut cri, "after-config", unix_now()).await;
+        drop(cri);
+        s.stop().await;
+    }
+}
