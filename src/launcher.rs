@@ -116,11 +116,20 @@ fn launcher_config(text: &str) -> Config {
 
 /// Writes the runtime's plugin config where the daemon reads it (whole or not at all).
 fn hand_over(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("conf.tmp");
-    std::fs::write(&tmp, text)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    drop(file);
     std::fs::rename(&tmp, path)
 }
 

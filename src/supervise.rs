@@ -10,6 +10,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,12 +46,16 @@ impl DaemonLock {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        // Root's alone: anyone who can open the file can flock it, and so keep every daemon
+        // waiting.
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         let mut file =
             match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
                 Ok(locked) => locked,
@@ -176,6 +181,8 @@ mod tests {
         assert_eq!(holder(&path), None);
         let lock = DaemonLock::try_acquire(&path).unwrap().expect("free");
         assert_eq!(lock.path(), path);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "only root may open the lock");
         assert_eq!(holder(&path), Some(std::process::id()));
         assert!(DaemonLock::try_acquire(&path).unwrap().is_none());
         // Another process sees it held too.
