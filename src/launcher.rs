@@ -145,6 +145,11 @@ impl Handler for Launcher {
     }
 
     async fn configure(&self, info: RuntimeInfo) {
+        if !matches!(*crate::lock::lock(&self.mode), Mode::Unconfigured) {
+            // Once per connection, and a launcher has one: nothing to start twice.
+            warn!("configured again by the runtime: ignored");
+            return;
+        }
         let config = launcher_config(&info.config);
         if let Err(e) = self.logging.apply(&config) {
             warn!(error = %e, "cannot open the log file");
