@@ -49,6 +49,7 @@ pub struct RawConfig {
     pub containerd_state_dir: Option<PathBuf>,
     pub containerd_namespace: Option<String>,
     pub http_address: Option<String>,
+    pub nri_socket: Option<PathBuf>,
 }
 
 /// The validated config every other module sees.
@@ -87,6 +88,9 @@ pub struct Config {
     pub containerd_namespace: String,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` = no listener.
     pub http_address: Option<std::net::SocketAddr>,
+    /// The runtime's NRI socket, which the drop-in plugin's daemon connects to; `None` =
+    /// read it from containerd's own configuration (`socket_path` of its NRI section).
+    pub nri_socket: Option<PathBuf>,
 }
 
 /// How log lines are written.
@@ -124,6 +128,7 @@ impl Default for Config {
             containerd_state_dir: None,
             containerd_namespace: "k8s.io".to_string(),
             http_address: None,
+            nri_socket: None,
         }
     }
 }
@@ -330,7 +335,15 @@ impl RawConfig {
                 )
             })?),
         };
+        let nri_socket = match self.nri_socket {
+            Some(p) if !p.is_absolute() => {
+                return Err(invalid("nri_socket", "must be an absolute socket path"))
+            }
+            None => d.nri_socket,
+            other => other,
+        };
         Ok(Config {
+            nri_socket,
             log_file,
             log_level,
             log_format,

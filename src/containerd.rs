@@ -69,40 +69,66 @@ pub enum Rewrite {
     AlreadyGated,
 }
 
-/// A string value of a containerd config file (any config version): `key` in table `table`
-/// (`""` for the top level, before any table), when set and quoted.
-fn config_string(toml: &str, table: &str, key: &str) -> Option<String> {
+/// A table header (`[a."b.c"]`, `[a.'b.c']`, `[ a.b.c ]`) as plain dotted text, so that the
+/// quoting of config version 2 and 3 compares equal.
+fn plain_table(header: &str) -> String {
+    header
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .chars()
+        .filter(|c| !matches!(c, '"' | '\'' | ' ' | '\t'))
+        .collect()
+}
+
+/// The raw text after `=` of `key` in table `table` (`""` for the top level, before any
+/// table) of a containerd config file (any config version), comments cut off.
+fn config_raw<'a>(toml: &'a str, table: &str, key: &str) -> Option<&'a str> {
+    let want = plain_table(table);
     let mut current = String::new();
     for raw in toml.lines() {
         let line = raw.trim();
         if line.starts_with('[') {
-            current = line
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .trim()
-                .to_string();
+            current = plain_table(line);
             continue;
         }
-        if current != table {
+        if current != want {
             continue;
         }
         let Some((k, value)) = line.split_once('=') else {
             continue;
         };
-        if k.trim().trim_matches('"') != key {
+        if k.trim().trim_matches('"').trim_matches('\'') != key {
             continue;
         }
-        let value = value.trim();
-        let quote = value.chars().next()?;
-        if quote != '"' && quote != '\'' {
-            return None;
-        }
-        let rest = &value[1..];
-        let end = rest.find(quote)?;
-        let v = &rest[..end];
-        return (!v.is_empty()).then(|| v.to_string());
+        return Some(value.trim());
     }
     None
+}
+
+/// A string value of a containerd config file (any config version): `key` in table `table`
+/// (`""` for the top level, before any table), when set and quoted.
+fn config_string(toml: &str, table: &str, key: &str) -> Option<String> {
+    let value = config_raw(toml, table, key)?;
+    let quote = value.chars().next()?;
+    if quote != '"' && quote != '\'' {
+        return None;
+    }
+    let rest = &value[1..];
+    let end = rest.find(quote)?;
+    let v = &rest[..end];
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+/// A boolean value of a containerd config file, when set.
+fn config_bool(toml: &str, table: &str, key: &str) -> Option<bool> {
+    let value = config_raw(toml, table, key)?;
+    let word = value.split('#').next().unwrap_or("").trim();
+    match word {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
 }
 
 /// The `[grpc] address` of a containerd config file (any config version), if set.
@@ -185,20 +211,10 @@ impl Location {
     }
 }
 
-/// Finds containerd's gRPC socket and state directory: the configured values win; otherwise,
-/// from the runtime's command line when it is containerd (`runtime_pid`, else our parent),
-/// then its config file (`--config`, else [`DEFAULT_CONFIG`]), then the defaults.
-pub fn discover(
-    configured_address: Option<&Path>,
-    configured_state: Option<&Path>,
-    runtime_pid: Option<u32>,
-) -> Location {
-    if let (Some(address), Some(state)) = (configured_address, configured_state) {
-        return Location {
-            address: address.to_path_buf(),
-            state: state.to_path_buf(),
-        };
-    }
+/// The runtime's command-line flags and the text of its config file: from the runtime's
+/// command line when it is containerd (`runtime_pid`, else our parent), then its config file
+/// (`--config`, else [`DEFAULT_CONFIG`]). Empty when none can be read.
+fn runtime_config(runtime_pid: Option<u32>) -> (Flags, String) {
     // The runtime at the other end of the NRI socket (both launch modes), else our parent
     // (the runtime that started a pre-installed plugin).
     let ppid = runtime_pid
@@ -228,6 +244,24 @@ pub fn discover(
         PathBuf::from(config)
     };
     let text = std::fs::read_to_string(&config).unwrap_or_default();
+    (flags, text)
+}
+
+/// Finds containerd's gRPC socket and state directory: the configured values win; otherwise,
+/// from the runtime's command line when it is containerd (`runtime_pid`, else our parent),
+/// then its config file (`--config`, else [`DEFAULT_CONFIG`]), then the defaults.
+pub fn discover(
+    configured_address: Option<&Path>,
+    configured_state: Option<&Path>,
+    runtime_pid: Option<u32>,
+) -> Location {
+    if let (Some(address), Some(state)) = (configured_address, configured_state) {
+        return Location {
+            address: address.to_path_buf(),
+            state: state.to_path_buf(),
+        };
+    }
+    let (flags, text) = runtime_config(runtime_pid);
     let address = configured_address
         .map(Path::to_path_buf)
         .or_else(|| flags.address.map(PathBuf::from))
@@ -239,6 +273,47 @@ pub fn discover(
         .or_else(|| state_dir_from_config(&text).map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
     Location { address, state }
+}
+
+/// containerd's NRI socket for external plugins when its config does not say.
+pub const DEFAULT_NRI_SOCKET: &str = "/var/run/nri/nri.sock";
+
+/// The NRI section of containerd's config: config version 2 (containerd 1.7) and 3 (2.x)
+/// name it alike once the quoting is set aside.
+const NRI_TABLE: &str = "plugins.io.containerd.nri.v1.nri";
+
+/// Where external NRI plugins connect, as the runtime's config says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NriEndpoint {
+    /// The socket external plugins connect to.
+    pub socket: PathBuf,
+    /// Whether the runtime accepts external plugins at all (`disable_connections` unset or
+    /// false).
+    pub connections: bool,
+}
+
+/// The NRI endpoint a containerd config file (any version) gives: its `socket_path` (else
+/// [`DEFAULT_NRI_SOCKET`]) and whether `disable_connections` is off.
+pub fn nri_from_config(toml: &str) -> NriEndpoint {
+    NriEndpoint {
+        socket: config_string(toml, NRI_TABLE, "socket_path")
+            .map_or_else(|| PathBuf::from(DEFAULT_NRI_SOCKET), PathBuf::from),
+        connections: !config_bool(toml, NRI_TABLE, "disable_connections").unwrap_or(false),
+    }
+}
+
+/// Finds the runtime's NRI socket for external plugins: `configured` (the plugin config's
+/// `nri_socket`) wins, and then external connections are taken as allowed; otherwise the
+/// runtime's config file, found as [`discover`] finds it.
+pub fn discover_nri(configured: Option<&Path>, runtime_pid: Option<u32>) -> NriEndpoint {
+    if let Some(socket) = configured {
+        return NriEndpoint {
+            socket: socket.to_path_buf(),
+            connections: true,
+        };
+    }
+    let (_, text) = runtime_config(runtime_pid);
+    nri_from_config(&text)
 }
 
 /// Rewrites `process.args` of an OCI spec (JSON) to start with the gate. Returns `None` when
@@ -437,6 +512,98 @@ mod tests {
             }
         );
         assert_eq!(flags_from_cmdline(b"containerd\0"), Flags::default());
+    }
+
+    #[test]
+    fn nri_socket_is_read_from_both_config_versions() {
+        let v2 = "version = 2\n[grpc]\n  address = \"/run/g.sock\"\n\
+                  [plugins.\"io.containerd.nri.v1.nri\"]\n  disable = false\n  \
+                  socket_path = \"/run/x/nri.sock\"\n  plugin_path = \"/opt/nri/plugins\"\n\
+                  [plugins.\"io.containerd.grpc.v1.cri\"]\n  socket_path = \"/no\"\n";
+        assert_eq!(
+            nri_from_config(v2),
+            NriEndpoint {
+                socket: PathBuf::from("/run/x/nri.sock"),
+                connections: true,
+            }
+        );
+        let v3 = "version = 3\n[plugins]\n[plugins.'io.containerd.nri.v1.nri']\n\
+                  disable = false\ndisable_connections = true # no external plugins\n\
+                  socket_path = '/run/y/nri.sock'\n";
+        assert_eq!(
+            nri_from_config(v3),
+            NriEndpoint {
+                socket: PathBuf::from("/run/y/nri.sock"),
+                connections: false,
+            }
+        );
+        // Nothing said: the defaults.
+        for text in [
+            "",
+            "version = 3\n[plugins.'io.containerd.nri.v1.nri']\ndisable = false\n",
+        ] {
+            assert_eq!(
+                nri_from_config(text),
+                NriEndpoint {
+                    socket: PathBuf::from(DEFAULT_NRI_SOCKET),
+                    connections: true,
+                }
+            );
+        }
+        // The same keys elsewhere do not count.
+        let elsewhere =
+            "[plugins.'io.containerd.other']\nsocket_path = '/no'\ndisable_connections = true\n";
+        assert_eq!(
+            nri_from_config(elsewhere).socket,
+            PathBuf::from(DEFAULT_NRI_SOCKET)
+        );
+        assert!(nri_from_config(elsewhere).connections);
+    }
+
+    #[test]
+    fn configured_nri_socket_wins() {
+        let e = discover_nri(Some(Path::new("/run/mine/nri.sock")), None);
+        assert_eq!(e.socket, PathBuf::from("/run/mine/nri.sock"));
+        assert!(e.connections);
+    }
+
+    #[test]
+    fn nri_socket_is_read_from_the_runtimes_own_config_file() {
+        // A process named containerd whose command line names a config file: found through
+        // /proc as for a plugin containerd started.
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("config.toml");
+        std::fs::write(
+            &conf,
+            "version = 2\n[plugins.\"io.containerd.nri.v1.nri\"]\n  socket_path = \"/run/t/nri.sock\"\n",
+        )
+        .unwrap();
+        let exe = dir.path().join("containerd");
+        // A shell named containerd: `-c` runs its script, the rest is left on its command line.
+        std::fs::copy("/bin/sh", &exe).unwrap();
+        let mut child = std::process::Command::new(&exe)
+            .args(["-c", "sleep 30; true", "--config"])
+            .arg(&conf)
+            .spawn()
+            .unwrap();
+        // Until it has exec'd, /proc shows the test binary: poll.
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut found = None;
+        while std::time::Instant::now() < deadline {
+            let e = discover_nri(None, Some(pid));
+            if e.socket == Path::new("/run/t/nri.sock") {
+                found = Some(e);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            found.map(|e| e.socket),
+            Some(PathBuf::from("/run/t/nri.sock"))
+        );
     }
 
     #[test]

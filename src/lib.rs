@@ -26,6 +26,9 @@
 //! - [`model`]: our own plain types for pods, containers, events and adjustments.
 //! - [`ops`]: metrics, liveness and readiness, and the HTTP listener that serves them.
 //! - [`daemon`]: the wiring of all of the above, for both launch modes.
+//! - [`launcher`]: what the runtime starts in drop-in mode: registers at once and keeps one
+//!   daemon (an external plugin) connected, restarting it when it dies.
+//! - [`supervise`]: one daemon per runtime (a lock named after its NRI socket) and backoff.
 //! - [`logging`]: log lines buffered until the runtime tells us where they go; JSON or text,
 //!   a size-bounded rotated file in drop-in mode.
 //! - [`lock`]: the one (poison-tolerant) way to take a lock.
@@ -37,6 +40,7 @@ pub mod core;
 pub mod daemon;
 pub mod gate;
 pub mod hooks;
+pub mod launcher;
 pub mod lock;
 pub mod logging;
 pub mod model;
@@ -45,3 +49,4 @@ pub mod nri;
 pub mod ns;
 pub mod ops;
 pub mod policy;
+pub mod supervise;

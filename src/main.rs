@@ -59,6 +59,20 @@ enum Command {
         #[arg(default_value = "-")]
         file: PathBuf,
     },
+    /// The daemon a drop-in plugin keeps connected to the runtime (started by the plugin
+    /// itself; see the README).
+    #[command(hide = true)]
+    Daemon {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        index: String,
+        /// The plugin config the runtime handed to the launcher.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Write the embedded PreStop gate binary to a file.
     Gate {
         #[arg(long)]
@@ -107,6 +121,12 @@ fn main() -> ExitCode {
             log_file,
             log_format.map(Into::into),
         ),
+        Some(Command::Daemon {
+            socket,
+            name,
+            index,
+            config,
+        }) => run_daemon(socket, name, index, &config),
         Some(Command::Validate { container, file }) => validate(&container, &file),
         Some(Command::Gate { output }) => write_gate(&output),
     };
@@ -167,6 +187,33 @@ fn run_external(
     }
     let logging = Logging::init(&config.log_level);
     logging.apply(&config).context("opening the log file")?;
+    let rt = runtime().context("starting the async runtime")?;
+    rt.block_on(nri_lifecycle::daemon::run_external(
+        socket, name, index, config, logging,
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The drop-in plugin's daemon: external mode with the drop-in's defaults (logs to a file)
+/// and the config the runtime handed over. A config that cannot be read or is invalid leaves
+/// the defaults, as the runtime's own hand-over does.
+fn run_daemon(
+    socket: PathBuf,
+    name: String,
+    index: String,
+    config_file: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let (config, problem) = match Config::from_file(config_file, Config::default()) {
+        Ok(config) => (config, None),
+        Err(e) => (Config::default(), Some(e)),
+    };
+    let logging = Logging::init(&config.log_level);
+    if let Err(e) = logging.apply(&config) {
+        tracing::warn!(error = %e, "cannot open the log file");
+    }
+    if let Some(e) = problem {
+        tracing::warn!(error = %e, "the plugin config handed over by the runtime is unusable: using the defaults");
+    }
     let rt = runtime().context("starting the async runtime")?;
     rt.block_on(nri_lifecycle::daemon::run_external(
         socket, name, index, config, logging,

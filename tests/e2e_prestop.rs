@@ -378,8 +378,8 @@ async fn plugin_killed_during_prestop_stop_still_completes() {
             "{v}: PreStop never started:\n{}",
             node.diagnostics()
         );
-        // SAFETY: kill(2) takes no pointers; the PID is the plugin child of the containerd
-        // this test started.
+        // SAFETY: kill(2) takes no pointers; the PID is the plugin daemon of the node this
+        // test started.
         let rc = unsafe { libc::kill(plugin_pid, libc::SIGKILL) };
         assert_eq!(rc, 0, "{v}: kill plugin {plugin_pid}");
         // Without the plugin the gate lets SIGTERM through at once; had it kept holding it,
@@ -403,32 +403,11 @@ async fn plugin_killed_during_prestop_stop_still_completes() {
     }
 }
 
-/// The pre-installed plugin's PID: containerd's child named `10-nri-lifecycle`.
+/// The PID of the process that serves NRI for the drop-in plugin: the daemon its launcher
+/// keeps, which holds the plugin's lock.
 fn plugin_pid(node: &Node) -> i32 {
-    let Some(ppid) = node.containerd_pid() else {
-        panic!("containerd is not running");
-    };
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        panic!("cannot read /proc");
-    };
-    for entry in dir.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        let parent: i64 = after
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(-1);
-        if parent == i64::from(ppid) && stat.contains("(10-nri-lifecycl") {
-            return pid;
-        }
-    }
-    panic!("no plugin process under containerd {ppid}");
+    node.daemon_pid()
+        .unwrap_or_else(|| panic!("no plugin process holds the lock:\n{}", node.diagnostics()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

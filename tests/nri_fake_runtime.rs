@@ -497,3 +497,35 @@ async fn a_bad_registration_is_refused_before_connecting() {
     .unwrap_err();
     assert!(err.to_string().contains("index \"1\""), "{err}");
 }
+
+/// However long the runtime was away, the plugin tries again at least once a second, so a
+/// runtime that comes back (or a connection the runtime dropped) is served again within a
+/// second. Virtual time: the waits are the plugin's own, not the machine's.
+#[tokio::test(start_paused = true)]
+async fn reconnection_waits_at_most_a_second_however_long_the_runtime_was_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nri.sock");
+    let handler = Recorder::new(&EventKind::ALL);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let h: Arc<dyn Handler> = handler.clone();
+    let plugin_path = path.clone();
+    let plugin = tokio::spawn(async move {
+        nri::run_external(&plugin_path, registration(), h, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    // Away long enough for an uncapped doubling backoff to wait several seconds.
+    tokio::time::sleep(std::time::Duration::from_millis(6500)).await;
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let back = tokio::time::Instant::now();
+    let (conn, _) = listener.accept().await.unwrap();
+    let waited = back.elapsed();
+    assert!(
+        waited <= std::time::Duration::from_secs(1),
+        "the plugin came back {waited:?} after the runtime"
+    );
+    drop(conn);
+    stop_tx.send(()).unwrap();
+    plugin.await.unwrap().unwrap();
+}

@@ -94,6 +94,10 @@ pub struct NodeOptions {
     pub nri: bool,
     /// Images to import (names of the tars in the cache: busybox, pause, distroless).
     pub images: Vec<String>,
+    /// Whether containerd takes external NRI plugins (`disable_connections = false`). A
+    /// pre-installed plugin then keeps a daemon connected there, and the node is ready once
+    /// that daemon is connected and synchronized.
+    pub nri_connections: bool,
 }
 
 /// The plugin config a node gets unless a test says otherwise: everything of the plugin's
@@ -110,6 +114,7 @@ impl Default for NodeOptions {
             log_level: "info".to_string(),
             nri: true,
             images: vec!["busybox".into(), "pause".into(), "distroless".into()],
+            nri_connections: true,
         }
     }
 }
@@ -202,8 +207,9 @@ fn config_toml(v: Version, install: &Install, p: &NodePaths, o: &NodeOptions) ->
     let secs = |d: Duration| format!("\"{}ms\"", d.as_millis());
     let nri = |section: &str| {
         format!(
-            "[{section}]\n  disable = {}\n  socket_path = {}\n  plugin_path = {}\n  plugin_config_path = {}\n  plugin_registration_timeout = {}\n  plugin_request_timeout = {}\n",
+            "[{section}]\n  disable = {}\n  disable_connections = {}\n  socket_path = {}\n  plugin_path = {}\n  plugin_config_path = {}\n  plugin_registration_timeout = {}\n  plugin_request_timeout = {}\n",
             !o.nri,
+            !o.nri_connections,
             q(&p.nri_socket),
             q(&p.plugin_dir),
             q(&p.plugin_config_dir),
@@ -280,10 +286,22 @@ pub fn registered(containerd_log: &str, name: &str) -> bool {
     })
 }
 
+/// How many times containerd's log shows an external plugin whose name contains `name`
+/// connected (after its synchronization: `plugin "…" connected` on 1.7, `… connected and
+/// synchronized` on 2.x).
+pub fn external_connected(containerd_log: &str, name: &str) -> usize {
+    containerd_log
+        .lines()
+        .filter(|l| l.contains(name) && l.contains("\\\" connected"))
+        .count()
+}
+
 /// A running private containerd node. Stop it with [`Node::stop`]; dropping it tears it
 /// down too (without the leftover check).
 pub struct Node {
     version: Version,
+    plugin: PluginMode,
+    opts: NodeOptions,
     install: Install,
     paths: NodePaths,
     net: PodNetwork,
@@ -345,6 +363,8 @@ impl Node {
 
         let mut node = Node {
             version,
+            plugin: plugin.clone(),
+            opts: opts.clone(),
             install,
             paths,
             net,
@@ -468,14 +488,30 @@ impl Node {
     }
 
     /// containerd starts pre-installed plugins before it serves CRI: by now the plugin has
-    /// registered, or it never will (2.x then runs without it). Say so plainly.
-    fn check_registered(&self, plugin: &PluginMode, opts: &NodeOptions) -> Result<(), NodeError> {
+    /// registered, or it never will (2.x then runs without it). Say so plainly. The drop-in
+    /// plugin then keeps a daemon connected to the NRI socket, which containerd opens only
+    /// after the pre-installed plugins started: wait until that daemon is synchronized too,
+    /// so that a test's first container gets its hooks.
+    async fn check_registered(
+        &self,
+        plugin: &PluginMode,
+        opts: &NodeOptions,
+    ) -> Result<(), NodeError> {
         if !matches!(plugin, PluginMode::Preinstalled(_)) || !opts.nri {
             return Ok(());
         }
         let log = self.containerd_log();
+        let daemon = || {
+            !opts.nri_connections || external_connected(&self.containerd_log(), "nri-lifecycle") > 0
+        };
         if registered(&log, "nri-lifecycle") {
-            return Ok(());
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(20) {
+                if daemon() {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
         }
         Err(NodeError::PluginNotRegistered {
             log: self.paths.containerd_log.clone(),
@@ -511,7 +547,7 @@ impl Node {
             if self.paths.grpc_socket.exists() {
                 if let Ok(mut cri) = Cri::connect(&self.paths.grpc_socket).await {
                     if cri.version().await.is_ok() {
-                        return self.check_registered(plugin, opts);
+                        return self.check_registered(plugin, opts).await;
                     }
                 }
             }
@@ -607,6 +643,60 @@ impl Node {
             Some(c) => matches!(c.try_wait(), Ok(None)),
             None => false,
         }
+    }
+
+    /// Restarts containerd as an init system would: SIGTERM, wait for it to exit (its shims
+    /// and the containers live on), then start it again with the same config and wait until
+    /// it serves CRI (and, for a pre-installed plugin, until it registered again). The log
+    /// of the first run is kept as `containerd-<n>.log`.
+    pub async fn restart_containerd(&mut self) -> Result<(), NodeError> {
+        if let Some(mut c) = self.child.take() {
+            sys::kill(c.id() as i32, libc::SIGTERM);
+            let start = Instant::now();
+            while matches!(c.try_wait(), Ok(None)) {
+                if start.elapsed() > Duration::from_secs(20) {
+                    sys::kill(c.id() as i32, libc::SIGKILL);
+                    let _ = c.wait();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let mut n = 1;
+        while self.paths.logs.join(format!("containerd-{n}.log")).exists() {
+            n += 1;
+        }
+        let kept = self.paths.logs.join(format!("containerd-{n}.log"));
+        std::fs::rename(&self.paths.containerd_log, &kept).map_err(|source| {
+            NodeError::Prepare {
+                path: kept.clone(),
+                source,
+            }
+        })?;
+        self.spawn()?;
+        let (plugin, opts) = (self.plugin.clone(), self.opts.clone());
+        self.wait_ready(&plugin, &opts).await
+    }
+
+    /// The PID of the plugin process that serves NRI for a drop-in or external plugin:
+    /// the holder of the daemon lock in the plugin's runtime directory (the node's default
+    /// plugin config puts it in `plugin-run/`), while that process lives.
+    pub fn daemon_pid(&self) -> Option<i32> {
+        let dir = self.paths.dir.join("plugin-run");
+        let entries = std::fs::read_dir(dir).ok()?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with("daemon-") && name.ends_with(".lock")) {
+                continue;
+            }
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            if let Ok(pid) = text.trim().parse::<i32>() {
+                if pid > 0 && sys::alive(pid) {
+                    return Some(pid);
+                }
+            }
+        }
+        None
     }
 
     /// A new CRI client for this node.

@@ -28,8 +28,11 @@ pub const ENV_INDEX: &str = "NRI_PLUGIN_IDX";
 
 /// First wait before reconnecting to a runtime that went away.
 pub const RECONNECT_INITIAL: Duration = Duration::from_millis(100);
-/// Longest wait between reconnection attempts.
-pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// Longest wait between reconnection attempts: a runtime back from a restart, or one that
+/// dropped us after a stall, has us again within about a second.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(1);
+/// Failed connection attempts in a row between two warnings (a minute at [`RECONNECT_MAX`]).
+const FAILURES_PER_WARNING: u32 = 60;
 /// After `Shutdown`, how long we wait for the runtime to close the connection itself.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
@@ -255,7 +258,7 @@ pub async fn run_preinstalled(handler: Arc<dyn Handler>) -> Result<(), NriError>
 }
 
 /// The external launch: connect to the runtime's socket, register, serve; when the runtime
-/// goes away, reconnect with backoff (100 ms doubling to 5 s, reset after each successful
+/// goes away, reconnect with backoff (100 ms doubling to 1 s, reset after each successful
 /// registration) and register again. Returns `Ok` once `shutdown` resolves; fails early only
 /// for a registration the runtime could never accept (bad name or index).
 pub async fn run_external(
@@ -266,7 +269,8 @@ pub async fn run_external(
 ) -> Result<(), NriError> {
     reg.validate()?;
     let mut shutdown = pin!(shutdown);
-    let mut backoff = RECONNECT_INITIAL;
+    let mut backoff = crate::supervise::Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
+    let mut failures: u32 = 0;
     loop {
         let session = Arc::new(Session::default());
         let registered = AtomicBool::new(false);
@@ -300,22 +304,30 @@ pub async fn run_external(
         };
         if registered.load(Ordering::SeqCst) {
             session.shut_down_handler(&*handler).await;
-            backoff = RECONNECT_INITIAL;
+            backoff.reset();
+            failures = 0;
         }
+        let wait = backoff.next_wait();
         match result {
             None => return Ok(()),
             Some(Ok(())) => {
                 tracing::info!(path = %socket_path.display(), "runtime went away; reconnecting")
             }
             Some(Err(err)) => {
-                tracing::warn!(path = %socket_path.display(), %err, ?backoff, "runtime connection failed; retrying")
+                // Once a second while the runtime is away: say it at the first failure and
+                // then once a minute, not every time.
+                if failures.is_multiple_of(FAILURES_PER_WARNING) {
+                    tracing::warn!(path = %socket_path.display(), %err, ?wait, failures, "runtime connection failed; retrying");
+                } else {
+                    tracing::debug!(path = %socket_path.display(), %err, ?wait, "runtime connection failed; retrying");
+                }
+                failures += 1;
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(wait) => {}
             () = &mut shutdown => return Ok(()),
         }
-        backoff = (backoff * 2).min(RECONNECT_MAX);
     }
 }
 

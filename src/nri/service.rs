@@ -95,14 +95,16 @@ struct SyncPages {
 /// The `Plugin` ttrpc service for one runtime connection.
 pub(crate) struct PluginService {
     handler: Arc<dyn Handler>,
-    subscribed: Vec<EventKind>,
+    /// Asked of the handler again once it is configured (what it serves may depend on the
+    /// runtime's config).
+    subscribed: std::sync::RwLock<Vec<EventKind>>,
     sync: Mutex<SyncPages>,
     session: Arc<Session>,
 }
 
 impl PluginService {
     pub fn new(handler: Arc<dyn Handler>, session: Arc<Session>) -> PluginService {
-        let subscribed = handler.events();
+        let subscribed = std::sync::RwLock::new(handler.events());
         PluginService {
             handler,
             subscribed,
@@ -112,7 +114,7 @@ impl PluginService {
     }
 
     fn wants(&self, kind: EventKind) -> bool {
-        self.subscribed.contains(&kind)
+        crate::lock::read(&self.subscribed).contains(&kind)
     }
 
     /// Delivers one lifecycle event, whichever RPC carried it.
@@ -266,7 +268,9 @@ impl api_ttrpc::Plugin for PluginService {
             "configured by the runtime"
         );
         self.handler.configure(info).await;
-        let events = convert::event_mask(&self.subscribed);
+        let subscribed = self.handler.events();
+        let events = convert::event_mask(&subscribed);
+        *crate::lock::write(&self.subscribed) = subscribed;
         if events == 0 {
             // Zero means "everything" on the wire; we then ignore what we did not ask for.
             tracing::warn!("handler subscribed to no events; the runtime will send all");

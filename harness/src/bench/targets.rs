@@ -29,6 +29,19 @@ pub const GATE_RSS: Bytes = Bytes::mib(1);
 /// The gate binary's size (it is embedded in the plugin and written out at start-up).
 pub const GATE_SIZE: Bytes = Bytes::mib(1);
 
+/// From the end of a fault (SIGCONT after a stall, SIGKILL) to the plugin connected again.
+pub const RECOVERY: Duration = Duration::from_secs(5);
+
+/// Recovery after a fault: every round within [`RECOVERY`].
+pub fn recovery(what: &str, rounds: &Samples) -> Check {
+    Check::new(
+        &format!("{what}, slowest round"),
+        rounds.max(),
+        Cmp::AtMost,
+        RECOVERY,
+    )
+}
+
 /// NRI event round trips: p99 below [`EVENT_P99`].
 pub fn events(lat: &Samples) -> Check {
     Check::new("p99 per event", lat.p99(), Cmp::Below, EVENT_P99)
@@ -142,6 +155,16 @@ mod tests {
 
     fn met(c: &Check) -> Option<bool> {
         c.met
+    }
+
+    #[test]
+    fn recovery_is_judged_on_the_slowest_round() {
+        let ms = |v: &[u64]| -> Samples { v.iter().map(|m| Duration::from_millis(*m)).collect() };
+        let c = recovery("SIGKILL", &ms(&[300, 280, 5200]));
+        assert_eq!(c.met, Some(false), "{c}");
+        let c = recovery("SIGKILL", &ms(&[300, 280, 900]));
+        assert_eq!(c.met, Some(true), "{c}");
+        assert_eq!(recovery("SIGKILL", &ms(&[])).met, None);
     }
 
     #[test]

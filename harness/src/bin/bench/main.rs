@@ -6,9 +6,12 @@
 //! create+start with and without the plugin, stop with and without the PreStop gate, a burst of
 //! containers with PostStart hooks, and the gate's RSS as PID 1. The fake runtime (the
 //! `bench_probe` example of the plugin crate, which drives the release binary): NRI event
-//! latency and throughput in both protocol generations, and the plugin's RSS.
+//! latency and throughput in both protocol generations, and the plugin's RSS. Recovery: how
+//! long the drop-in plugin takes to serve again after a stall past the runtime's request
+//! timeout and after a SIGKILL.
 
 mod probe;
+mod recovery;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,10 +37,24 @@ struct Opts {
     burst: usize,
     events: usize,
     tracked: usize,
+    recovery_rounds: usize,
+    sections: Vec<Section>,
+}
+
+/// The parts of the bench; `--sections` runs some of them only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    /// NRI events on the fake runtime, memory and sizes.
+    Events,
+    /// Real containerd: create/start/stop, hook latency, burst.
+    Nodes,
+    /// Real containerd: recovery of the drop-in plugin after a stall and a SIGKILL.
+    Recovery,
 }
 
 const USAGE: &str = "usage: bench --plugin BIN [--output BENCHMARKS.md] [--versions 2.1,1.7] \
-[--exec-rounds 100] [--http-rounds 100] [--start-rounds 80] [--burst 100] [--events 10000] [--tracked 1000]";
+[--exec-rounds 100] [--http-rounds 100] [--start-rounds 80] [--burst 100] [--events 10000] [--tracked 1000] \
+[--recovery-rounds 5] [--sections events,nodes,recovery]";
 
 fn parse_opts() -> anyhow::Result<Opts> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -51,6 +68,8 @@ fn parse_opts() -> anyhow::Result<Opts> {
         burst: 100,
         events: 10_000,
         tracked: 1_000,
+        recovery_rounds: 5,
+        sections: vec![Section::Events, Section::Nodes, Section::Recovery],
     };
     let mut i = 0;
     while i < args.len() {
@@ -82,6 +101,18 @@ fn parse_opts() -> anyhow::Result<Opts> {
             "--burst" => o.burst = num(need()?)?,
             "--events" => o.events = num(need()?)?,
             "--tracked" => o.tracked = num(need()?)?,
+            "--recovery-rounds" => o.recovery_rounds = num(need()?)?,
+            "--sections" => {
+                o.sections = need()?
+                    .split(',')
+                    .map(|s| match s.trim() {
+                        "events" => Ok(Section::Events),
+                        "nodes" => Ok(Section::Nodes),
+                        "recovery" => Ok(Section::Recovery),
+                        other => bail!("unknown section {other:?} (events, nodes or recovery)"),
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -106,39 +137,54 @@ async fn main() -> anyhow::Result<()> {
     let opts = parse_opts()?;
     let began = Instant::now();
     let mut rep = Report::new(Machine::detect());
-    say("building the in-process probe (bench_probe example, release)");
-    let probe_bin = probe::build().context("building the bench_probe example")?;
+    let wants = |s: Section| opts.sections.contains(&s);
+    let probe_bin = if wants(Section::Events) || wants(Section::Nodes) {
+        say("building the in-process probe (bench_probe example, release)");
+        Some(probe::build().context("building the bench_probe example")?)
+    } else {
+        None
+    };
 
     // ---------------------------------------------------------------- fake runtime figures
-    say(&format!(
-        "NRI events on the fake runtime: {} per generation, then {} tracked containers",
-        opts.events, opts.tracked
-    ));
-    match probe::events(&probe_bin, &opts.plugin, opts.events, opts.tracked) {
-        Ok(gens) => figures_events(&mut rep, &gens),
-        Err(e) => rep.note(format!("NRI event figures failed: {e:#}")),
-    }
-    match gate_size(&opts.plugin) {
-        Ok((gate, plugin)) => {
-            rep.limits.push(targets::gate_size(
-                "gate binary (embedded, written out at start-up)",
-                gate,
-            ));
-            rep.sizes
-                .push(("plugin binary (release, stripped)".into(), plugin));
+    if let (true, Some(probe_bin)) = (wants(Section::Events), &probe_bin) {
+        say(&format!(
+            "NRI events on the fake runtime: {} per generation, then {} tracked containers",
+            opts.events, opts.tracked
+        ));
+        match probe::events(probe_bin, &opts.plugin, opts.events, opts.tracked) {
+            Ok(gens) => figures_events(&mut rep, &gens),
+            Err(e) => rep.note(format!("NRI event figures failed: {e:#}")),
         }
-        Err(e) => rep.note(format!("binary sizes: {e:#}")),
+        match gate_size(&opts.plugin) {
+            Ok((gate, plugin)) => {
+                rep.limits.push(targets::gate_size(
+                    "gate binary (embedded, written out at start-up)",
+                    gate,
+                ));
+                rep.sizes
+                    .push(("plugin binary (release, stripped)".into(), plugin));
+            }
+            Err(e) => rep.note(format!("binary sizes: {e:#}")),
+        }
     }
 
     // ---------------------------------------------------------------- real containerd
     for v in &opts.versions {
         let v = *v;
-        say(&format!(
-            "{v}: starting nodes: NRI off, NRI on without plugins, the plugin pre-installed"
-        ));
-        if let Err(e) = on_version(v, &opts, &probe_bin, &mut rep).await {
-            rep.note(format!("{v}: {e:#}"));
-            eprintln!("bench: {v}: {e:#}");
+        if let (true, Some(probe_bin)) = (wants(Section::Nodes), &probe_bin) {
+            say(&format!(
+                "{v}: starting nodes: NRI off, NRI on without plugins, the plugin pre-installed"
+            ));
+            if let Err(e) = on_version(v, &opts, probe_bin, &mut rep).await {
+                rep.note(format!("{v}: {e:#}"));
+                eprintln!("bench: {v}: {e:#}");
+            }
+        }
+        if wants(Section::Recovery) {
+            if let Err(e) = recovery::run(v, &opts, &mut rep).await {
+                rep.note(format!("{v}: recovery: {e:#}"));
+                eprintln!("bench: {v}: recovery: {e:#}");
+            }
         }
     }
     rep.duration = began.elapsed();
@@ -161,19 +207,29 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn say(msg: &str) {
+pub(crate) fn say(msg: &str) {
     eprintln!("[bench] {msg}");
 }
 
 fn opts_line(o: &Opts) -> String {
     format!(
-        "--exec-rounds {} --http-rounds {} --start-rounds {} --burst {} --events {} --tracked {} --versions {}",
+        "--exec-rounds {} --http-rounds {} --start-rounds {} --burst {} --events {} --tracked {} --recovery-rounds {} --sections {} --versions {}",
         o.exec_rounds,
         o.http_rounds,
         o.start_rounds,
         o.burst,
         o.events,
         o.tracked,
+        o.recovery_rounds,
+        o.sections
+            .iter()
+            .map(|s| match s {
+                Section::Events => "events",
+                Section::Nodes => "nodes",
+                Section::Recovery => "recovery",
+            })
+            .collect::<Vec<_>>()
+            .join(","),
         o.versions
             .iter()
             .map(|v| match v {
@@ -257,7 +313,7 @@ fn app() -> ContainerSpec {
 const PRESTOP_NOOP: &str = r#"{"sleep":{"seconds":0}}"#;
 const PRESTOP_KEY: &str = "prestop.lifecycle.nri.io/container.app";
 
-fn plugin_config() -> String {
+pub(crate) fn plugin_config() -> String {
     // As shipped (log level info), with everything inside the node directory.
     "log_file = \"{plugin_log}\"\nlog_level = \"info\"\nruntime_dir = \"{dir}/plugin-run\"\n".into()
 }
