@@ -61,8 +61,8 @@ bench: deps release ## benchmarks, side by side in one run; writes BENCHMARKS.md
 install: release install-share ## drop-in: the plugin as $(DESTDIR)$(PLUGIN_DIR)/$(PLUGIN_IDX)-nri-lifecycle, started by containerd
 	install -D -m 0755 $(RELEASE_BIN) $(DESTDIR)$(PLUGIN_DIR)/$(PLUGIN_IDX)-nri-lifecycle
 
-# The two ways exclude each other (two plugins would run every hook twice): this one removes
-# the drop-in copy. The unit names the binary at /usr/local/bin; sed puts in $(PREFIX). An
+# The two ways exclude each other (one lock per runtime: the unit's plugin would wait for the
+# drop-in's daemon, see the README): this one removes the drop-in copy. The unit names the binary at /usr/local/bin; sed puts in $(PREFIX). An
 # existing config is kept.
 install-systemd: release install-share ## systemd: $(PREFIX)/bin/nri-lifecycle, the unit in $(SYSTEMD_UNIT_DIR), $(CONFIG_DIR)/config.toml
 	install -D -m 0755 $(RELEASE_BIN) $(DESTDIR)$(PREFIX)/bin/nri-lifecycle
