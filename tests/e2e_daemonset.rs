@@ -227,7 +227,7 @@ async fn daemonset_runs_the_plugin_from_its_image() {
             plugin_config: None,
             ..NodeOptions::default()
         };
-        let node = Node::start_with(v, PluginMode::None, opts)
+        let mut node = Node::start_with(v, PluginMode::None, opts)
             .await
             .unwrap_or_else(|e| panic!("{v}: node did not start: {e}"));
         let p = node.paths().clone();
@@ -406,6 +406,66 @@ async fn daemonset_runs_the_plugin_from_its_image() {
         cri.remove_container(&held).await.expect("remove app");
         cri.delete_pod(&held_pod).await.expect("delete app pod");
 
+        // containerd restarted under the running DaemonSet pod (its shim and every container
+        // live on). The plugin finds the new NRI socket in its mounted socket directory and
+        // registers again; a pod gated before the restart still holds its stop, and a pod
+        // created after it is gated too (on 1.7 through the stored-spec rewrite, over the
+        // containerd socket that the read-only /run/containerd mount shows again).
+        let (kept_pod, kept, kept_shared) = start_app(
+            &node,
+            &mut cri,
+            "gated-before-restart",
+            &[("prestop.lifecycle.nri.io/container.app", PRESTOP)],
+        )
+        .await;
+        drop(cri);
+        node.restart_containerd()
+            .await
+            .unwrap_or_else(|e| panic!("{v}: restart containerd: {e}"));
+        let name = arg(&plan, "--name").to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The log starts afresh with the new containerd.
+        while registrations(&node, &name) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{v}: the plugin never registered with the restarted containerd\n{}",
+                node.diagnostics()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut cri = node.cri().await.expect("cri after the restart");
+        let (ready, ready_port) = plan.readiness.clone().expect("a readiness probe");
+        wait_200(&plugin.ip, ready_port, &ready, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|last| panic!("{v}: {ready} after the restart: {last}"));
+        let (after_pod, after, after_shared) = start_app(
+            &node,
+            &mut cri,
+            "gated-after-restart",
+            &[("prestop.lifecycle.nri.io/container.app", PRESTOP)],
+        )
+        .await;
+        stop_held(
+            v,
+            "gated before a containerd restart",
+            &mut cri,
+            &kept,
+            &kept_shared,
+        )
+        .await;
+        stop_held(
+            v,
+            "gated after a containerd restart",
+            &mut cri,
+            &after,
+            &after_shared,
+        )
+        .await;
+        for (pod, id) in [(&kept_pod, &kept), (&after_pod, &after)] {
+            cri.remove_container(id).await.expect("remove app");
+            cri.delete_pod(pod).await.expect("delete app pod");
+        }
+
         cri.stop_container(&plugin.id, plan.grace_seconds)
             .await
             .expect("stop plugin");
@@ -431,7 +491,7 @@ async fn image_imports_with_ctr() {
             plugin_config: None,
             ..NodeOptions::default()
         };
-        let node = Node::start_with(v, PluginMode::None, opts)
+        let mut node = Node::start_with(v, PluginMode::None, opts)
             .await
             .unwrap_or_else(|e| panic!("{v}: node did not start: {e}"));
         node.import_tar(&tar)
