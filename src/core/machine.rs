@@ -817,6 +817,7 @@ impl Machine {
             self.remove(&id);
         }
         let pods: HashMap<&str, &Pod> = pods.iter().map(|p| (p.id.as_str(), p)).collect();
+        let mut added = Vec::new();
         for container in &containers {
             let previous = match self.table.get(&container.id) {
                 Some(t) if !t.recovered => continue,
@@ -904,6 +905,7 @@ impl Machine {
                 record
             });
             drop(previous);
+            added.push(container.id.clone());
             self.track(Tracked {
                 pod,
                 container: container.clone(),
@@ -917,8 +919,8 @@ impl Machine {
         }
         self.effects.gate_resync(&containers);
         // Written after the sockets were re-created (stale records are gone by then).
-        for t in self.table.values() {
-            if let Some(record) = &t.record {
+        for id in added {
+            if let Some(record) = self.table.get(&id).and_then(|t| t.record.as_ref()) {
                 self.effects.gate_save(record);
             }
         }

@@ -769,6 +769,10 @@ async fn a_pre_stop_that_ran_before_the_restart_is_not_run_again() {
         PreStopOutcome::Failed(_)
     ));
     assert_eq!(fake.count("run preStop"), 0);
+    // The runtime does not list it: its record and socket go.
+    core.synchronize(vec![p], vec![]).await;
+    assert_eq!(core.status().await, Status::default());
+    assert_eq!(fake.count("forget r1"), 1);
 }
 
 #[tokio::test]
