@@ -263,7 +263,19 @@ impl Effects for Node {
             return;
         };
         if !cur.servers.is_open(&container.id) {
-            return;
+            // A gated container the plugin did not see created: its socket directory is
+            // there only if it was made for it.
+            let known = cur
+                .servers
+                .socket_dir(&container.id)
+                .is_ok_and(|d| d.is_dir());
+            if !known {
+                return;
+            }
+            if let Err(e) = cur.servers.open(&container.id) {
+                warn!(container = %container.id, error = %e, "cannot re-open the gate socket");
+                return;
+            }
         }
         // The namespaces are read through the PID; they belong to our process only if it is
         // still alive afterwards.

@@ -448,6 +448,20 @@ impl Machine {
     /// The container runs: hold its init process and start its PostStart hook.
     fn post_start(&mut self, event: Event) {
         let id = event.container.id.clone();
+        if !self.table.contains_key(&id) {
+            // Created while no plugin served the runtime, and missing from its
+            // `Synchronize` (the create finished after it): the edge passed it on because it
+            // has hooks. Tracked from here, as just created, so its PostStart runs; one with a
+            // PreStop hook is named as having no gate.
+            let created = Container {
+                state: ContainerState::Created,
+                ..event.container.clone()
+            };
+            if !self.adopt(event.pod.clone(), &created, None) {
+                return;
+            }
+            self.count_gated();
+        }
         let Some(t) = self.table.get_mut(&id) else {
             return;
         };
@@ -828,94 +842,9 @@ impl Machine {
                 .get(container.pod_id.as_str())
                 .map(|p| (*p).clone())
                 .unwrap_or_default();
-            let hooks = match annotations::hooks_for(
-                &container.name,
-                &pod.annotations,
-                &container.annotations,
-            ) {
-                Ok(h) => h,
-                Err(e) => {
-                    warn!(container = %container.id, error = %e, "existing container has an invalid hook annotation: its hooks are ignored");
-                    self.untrack(&container.id, previous.is_some());
-                    continue;
-                }
-            };
-            if hooks.is_empty() {
-                self.untrack(&container.id, previous.is_some());
-                continue;
+            if self.adopt(pod, container, previous) {
+                added.push(container.id.clone());
             }
-            let mut previous = previous;
-            let recorded = previous.as_mut().and_then(|p| p.record.take());
-            let gate = self.synchronized_gate(&pod, container, &hooks, recorded.as_ref());
-            let running = matches!(
-                container.state,
-                ContainerState::Running | ContainerState::Paused
-            );
-            let held = previous
-                .as_mut()
-                .and_then(|p| p.init.take())
-                .filter(|init| init.pid() == container.pid);
-            let init = match held {
-                Some(init) => Some(init),
-                None if running && container.pid != 0 => match self.effects.hold_init(container) {
-                    Ok(init) => Some(init),
-                    Err(e) => {
-                        warn!(container = %container.id, error = %e, "cannot hold the container's init process");
-                        None
-                    }
-                },
-                None => None,
-            };
-            // A PreStop that ran or runs stays (the runtime cannot know of it).
-            let ran = previous.as_mut().and_then(|p| {
-                match std::mem::replace(&mut p.phase, Phase::Stopped { pre_stop: None }) {
-                    phase @ (Phase::Stopping { .. } | Phase::Stopped { pre_stop: Some(_) }) => {
-                        Some(phase)
-                    }
-                    _ => None,
-                }
-            });
-            let phase = match ran {
-                Some(phase) => phase,
-                None => match container.state {
-                    ContainerState::Running | ContainerState::Paused => {
-                        Phase::Running { post_start: None }
-                    }
-                    ContainerState::Stopped => Phase::Stopped { pre_stop: None },
-                    _ => Phase::Created,
-                },
-            };
-            let record = (hooks.pre_stop.is_some() && gate != Gate::Absent).then(|| {
-                let mut record = recorded.unwrap_or_else(|| GateRecord::new(&pod, container));
-                record.update(&pod, container);
-                record.gate = match gate {
-                    Gate::Gated => RecordedGate::Gated,
-                    Gate::Injected => RecordedGate::Injected,
-                    Gate::Ungated | Gate::Absent => RecordedGate::Ungated,
-                };
-                if let Some(init) = &init {
-                    if record.pid != init.pid() {
-                        record.pid = init.pid();
-                        record.start_time = self.effects.init_start_time(init).unwrap_or(0);
-                        if record.start_time == 0 {
-                            record.pid = 0;
-                        }
-                    }
-                }
-                record
-            });
-            drop(previous);
-            added.push(container.id.clone());
-            self.track(Tracked {
-                pod,
-                container: container.clone(),
-                hooks,
-                gate,
-                init,
-                phase,
-                record,
-                recovered: false,
-            });
         }
         self.effects.gate_resync(&containers);
         // Written after the sockets were re-created (stale records are gone by then).
@@ -930,6 +859,100 @@ impl Machine {
             tracked = self.table.len(),
             "container table rebuilt"
         );
+    }
+
+    /// Tracks a container the plugin did not see created (from `Synchronize`, or started
+    /// while the plugin was not serving the runtime), replacing `previous` when that was
+    /// recovered from its record. Returns whether it is tracked (it has hooks).
+    fn adopt(&mut self, pod: Pod, container: &Container, previous: Option<Tracked>) -> bool {
+        let hooks = match annotations::hooks_for(
+            &container.name,
+            &pod.annotations,
+            &container.annotations,
+        ) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(container = %container.id, error = %e, "existing container has an invalid hook annotation: its hooks are ignored");
+                self.untrack(&container.id, previous.is_some());
+                return false;
+            }
+        };
+        if hooks.is_empty() {
+            self.untrack(&container.id, previous.is_some());
+            return false;
+        }
+        let mut previous = previous;
+        let recorded = previous.as_mut().and_then(|p| p.record.take());
+        let gate = self.synchronized_gate(&pod, container, &hooks, recorded.as_ref());
+        let running = matches!(
+            container.state,
+            ContainerState::Running | ContainerState::Paused
+        );
+        let held = previous
+            .as_mut()
+            .and_then(|p| p.init.take())
+            .filter(|init| init.pid() == container.pid);
+        let init = match held {
+            Some(init) => Some(init),
+            None if running && container.pid != 0 => match self.effects.hold_init(container) {
+                Ok(init) => Some(init),
+                Err(e) => {
+                    warn!(container = %container.id, error = %e, "cannot hold the container's init process");
+                    None
+                }
+            },
+            None => None,
+        };
+        // A PreStop that ran or runs stays (the runtime cannot know of it).
+        let ran = previous.as_mut().and_then(|p| {
+            match std::mem::replace(&mut p.phase, Phase::Stopped { pre_stop: None }) {
+                phase @ (Phase::Stopping { .. } | Phase::Stopped { pre_stop: Some(_) }) => {
+                    Some(phase)
+                }
+                _ => None,
+            }
+        });
+        let phase = match ran {
+            Some(phase) => phase,
+            None => match container.state {
+                ContainerState::Running | ContainerState::Paused => {
+                    Phase::Running { post_start: None }
+                }
+                ContainerState::Stopped => Phase::Stopped { pre_stop: None },
+                _ => Phase::Created,
+            },
+        };
+        let record = (hooks.pre_stop.is_some() && gate != Gate::Absent).then(|| {
+            let mut record = recorded.unwrap_or_else(|| GateRecord::new(&pod, container));
+            record.update(&pod, container);
+            record.gate = match gate {
+                Gate::Gated => RecordedGate::Gated,
+                Gate::Injected => RecordedGate::Injected,
+                Gate::Ungated | Gate::Absent => RecordedGate::Ungated,
+            };
+            if let Some(init) = &init {
+                if record.pid != init.pid() {
+                    record.pid = init.pid();
+                    record.start_time = self.effects.init_start_time(init).unwrap_or(0);
+                    if record.start_time == 0 {
+                        record.pid = 0;
+                    }
+                }
+            }
+            record
+        });
+        drop(previous);
+        self.track(Tracked {
+            pod,
+            container: container.clone(),
+            hooks,
+            gate,
+            init,
+            phase,
+            record,
+            recovered: false,
+        });
+        true
     }
 
     /// Drops a container that `Synchronize` shows has no hooks (any more); `tracked` says

@@ -290,7 +290,19 @@ impl Handler for Core {
                 | EventKind::RemoveContainer
         );
         if per_container && !lock::read(&self.index).contains(&event.container.id) {
-            return Ok(());
+            // The start of a container the plugin never saw created (it was created while no
+            // plugin served the runtime) goes on when it has hooks: the core tracks it from
+            // here and names it when its PreStop cannot hold the stop.
+            let unseen = event.kind == EventKind::PostStartContainer
+                && annotations::hooks_for(
+                    &event.container.name,
+                    &event.pod.annotations,
+                    &event.container.annotations,
+                )
+                .is_ok_and(|h| !h.is_empty());
+            if !unseen {
+                return Ok(());
+            }
         }
         self.call(|done| Input::Event {
             event: Box::new(event),

@@ -855,3 +855,41 @@ async fn synchronize_names_the_containers_whose_pre_stop_cannot_hold_the_stop() 
         .encode()
         .contains("nri_lifecycle_gate_failopen_total{reason=\"ungated\"} 1"));
 }
+
+#[tokio::test]
+async fn a_container_started_unseen_is_tracked_and_named_when_its_pre_stop_cannot_hold() {
+    let fake = Arc::new(Fake::default());
+    let (core, _, ops) = start_with_ops(&fake);
+    let p = pod(&[
+        ("prestop.lifecycle.nri.io/pod", r#"{"sleep":{"seconds":0}}"#),
+        (
+            "poststart.lifecycle.nri.io/pod",
+            r#"{"sleep":{"seconds":0}}"#,
+        ),
+    ]);
+    let mut c = container("late", "app");
+    c.state = ContainerState::Running;
+    c.process.args = vec!["/app".into()];
+    // No create, no Synchronize listing it: the runtime created it while no plugin served it.
+    core.event(event(EventKind::PostStartContainer, &p, &c))
+        .await
+        .unwrap();
+    settle(&core).await;
+    assert_eq!(core.status().await.tracked, 1);
+    assert!(ops
+        .encode()
+        .contains("nri_lifecycle_gate_failopen_total{reason=\"not_injected\"} 1"));
+    assert_eq!(fake.count("run postStart late"), 1, "{:?}", fake.calls());
+    // Its PreStop runs best-effort at the stop.
+    core.event(event(EventKind::StopContainer, &p, &c))
+        .await
+        .unwrap();
+    settle(&core).await;
+    assert_eq!(fake.count("run preStop late"), 1, "{:?}", fake.calls());
+    // A container without hooks stays untracked.
+    let plain = container("plain", "app");
+    core.event(event(EventKind::PostStartContainer, &pod(&[]), &plain))
+        .await
+        .unwrap();
+    assert_eq!(core.status().await.tracked, 1);
+}
