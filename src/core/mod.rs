@@ -8,7 +8,9 @@
 //! PreStop per stop" are therefore decided in one place. The edge reads one thing back: the
 //! ids of the containers with hooks (`Index`, written only by the machine), so that creates
 //! and events of containers without hooks, which would change nothing, are answered on the
-//! spot (hook annotations are validated there too: validation is pure).
+//! spot (hook annotations are validated there too: validation is pure). The one exception
+//! is the start of an untracked container that has hooks: the runtime created it while no
+//! plugin served it, and the machine tracks it from there.
 //!
 //! The task never waits on the outside world: hooks, the gate check and killing a container
 //! run in tasks of their own, bounded, and report back as inputs. Everything that touches the
