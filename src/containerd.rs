@@ -36,7 +36,7 @@ const NAMESPACE_HEADER: &str = "containerd-namespace";
 /// Bound of one Get + Update round, connecting included (the runtime waits for
 /// `PostCreateContainer`). Shorter than the core's budget for that request, so that a round
 /// that stalls drops its connection (the next one starts afresh) before the budget ends.
-pub const RPC_TIMEOUT: Duration = Duration::from_millis(600);
+pub const RPC_TIMEOUT: Duration = Duration::from_millis(700);
 
 /// Errors of the containerd client.
 #[derive(Debug, thiserror::Error)]
