@@ -201,6 +201,29 @@ async fn plugin_killed_during_a_burst_of_creates_loses_no_prestop_silently() {
             cri.remove_container(&c.id).await.expect("remove");
             cri.delete_pod(&c.pod).await.expect("delete pod");
         }
+        // Every container is gone: so are their records and socket directories, whether the
+        // first plugin, the second, or both knew them.
+        let gate_dir = node.paths().dir.join("plugin-run/gate/containers");
+        let left = || -> Vec<String> {
+            let list = |d: &std::path::Path| -> Vec<String> {
+                std::fs::read_dir(d)
+                    .map(|rd| {
+                        rd.flatten()
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .filter(|n| n != ".state")
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let mut all = list(&gate_dir);
+            all.extend(list(&gate_dir.join(".state")));
+            all
+        };
+        assert!(
+            wait_for(LIMIT, || left().is_empty()).await,
+            "{v}: gate state left behind: {:?}",
+            left()
+        );
         drop(cri);
         drop(second);
         let node = std::sync::Arc::into_inner(node).expect("the node is ours again");
