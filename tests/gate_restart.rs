@@ -31,9 +31,9 @@ struct Plugin {
 }
 
 impl Plugin {
-    /// Starts a plugin on `dir` and lets the runtime configure it (which recovers what the
-    /// records say).
-    fn start(dir: &Path) -> Plugin {
+    /// Starts a plugin on `dir` with its own config (as `run --config` does), which recovers
+    /// what the records say at once; `configure`: the runtime configures it too.
+    fn start(dir: &Path, configure: bool) -> Plugin {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -55,11 +55,13 @@ impl Plugin {
                 ..Config::default()
             };
             let core = Core::start(config, true, node, Arc::clone(&ops), (inbox, inlet));
-            core.configure(RuntimeInfo {
-                request_timeout_ms: 2000,
-                ..RuntimeInfo::default()
-            })
-            .await;
+            if configure {
+                core.configure(RuntimeInfo {
+                    request_timeout_ms: 2000,
+                    ..RuntimeInfo::default()
+                })
+                .await;
+            }
             core
         });
         Plugin { rt, core, ops }
@@ -140,7 +142,7 @@ fn a_restarted_plugin_serves_the_gate_from_the_record_once() {
     let mut init = Guard(Command::new("sleep").arg("600").spawn().unwrap());
 
     // The first process sees the container created, gated and started, then dies.
-    let first = Plugin::start(dir.path());
+    let first = Plugin::start(dir.path(), true);
     first.rt.block_on(async {
         let c = container(&init.0);
         let adj = first.core.create_container(pod(), c.clone()).await.unwrap();
@@ -168,8 +170,9 @@ fn a_restarted_plugin_serves_the_gate_from_the_record_once() {
     // Nobody listens now: the gate would fail open.
     assert!(std::os::unix::net::UnixStream::connect(socket(dir.path())).is_err());
 
-    // The second process, before any Synchronize: the gate reaches it and its PreStop runs.
-    let second = Plugin::start(dir.path());
+    // The second process, before the runtime reached it (no Configure, no Synchronize): the
+    // gate reaches it and its PreStop runs.
+    let second = Plugin::start(dir.path(), false);
     second.rt.block_on(async {
         assert_eq!(second.core.status().await.gated, 1);
         assert_eq!(gate_stop(&socket(dir.path())).await, protocol::STATUS_DONE);
@@ -182,7 +185,7 @@ fn a_restarted_plugin_serves_the_gate_from_the_record_once() {
     second.kill();
 
     // A third process: the PreStop ran before it started, so it never runs again.
-    let third = Plugin::start(dir.path());
+    let third = Plugin::start(dir.path(), true);
     third.rt.block_on(async {
         assert_eq!(gate_stop(&socket(dir.path())).await, protocol::STATUS_DONE);
     });
@@ -192,7 +195,7 @@ fn a_restarted_plugin_serves_the_gate_from_the_record_once() {
     // The container's init is gone: the next process removes its socket directory and record.
     init.0.kill().unwrap();
     init.0.wait().unwrap();
-    let fourth = Plugin::start(dir.path());
+    let fourth = Plugin::start(dir.path(), true);
     fourth.rt.block_on(async {
         assert_eq!(fourth.core.status().await.tracked, 0);
     });
@@ -205,7 +208,7 @@ fn a_restarted_plugin_serves_the_gate_from_the_record_once() {
 fn a_record_whose_pid_now_names_another_process_is_stale() {
     let dir = tempfile::tempdir().unwrap();
     let init = Guard(Command::new("sleep").arg("600").spawn().unwrap());
-    let first = Plugin::start(dir.path());
+    let first = Plugin::start(dir.path(), true);
     first.rt.block_on(async {
         let c = container(&init.0);
         first.core.create_container(pod(), c.clone()).await.unwrap();
@@ -240,7 +243,7 @@ fn a_record_whose_pid_now_names_another_process_is_stale() {
     );
     assert_ne!(other, text);
     std::fs::write(&path, other).unwrap();
-    let second = Plugin::start(dir.path());
+    let second = Plugin::start(dir.path(), true);
     second.rt.block_on(async {
         assert_eq!(second.core.status().await.tracked, 0);
     });

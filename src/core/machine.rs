@@ -754,6 +754,13 @@ impl Machine {
         task.abort_handle()
     }
 
+    /// At process start, when the config is known without the runtime (external mode):
+    /// applies it (the runtime's PID is not known yet) and recovers the recorded gates.
+    pub fn recover_at_start(&mut self) {
+        self.effects.configure(&self.config, 0);
+        self.recover();
+    }
+
     /// After (re)configuration, before the runtime synchronizes: the gated containers of the
     /// records (a previous plugin process wrote them) are tracked again, so that a gate asking
     /// now gets its PreStop, once. `Synchronize` confirms or corrects them.

@@ -172,7 +172,9 @@ pub struct Core {
 impl Core {
     /// Starts the core's task on the channel made by [`channel`], with `effects`; `ops` gets
     /// its metrics and health. `keep_config`: a `Configure` without config text keeps `config`
-    /// (external mode with `--config`) instead of the defaults.
+    /// (external mode with `--config`) instead of the defaults; the config is then applied at
+    /// once and the gated containers recorded by a previous process are recovered (else that
+    /// waits for the runtime's `Configure`). Needs a tokio runtime.
     pub fn start(
         config: Config,
         keep_config: bool,
@@ -190,6 +192,11 @@ impl Core {
             inbox.clone(),
             Arc::clone(&index),
         );
+        if keep_config {
+            // The config is ours, not the runtime's: the gates recorded by a previous process
+            // are served from now on, before the runtime is even reached.
+            machine.recover_at_start();
+        }
         let Inlet(mut rx) = inlet;
         tokio::spawn(async move {
             loop {
