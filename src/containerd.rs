@@ -33,8 +33,10 @@ pub const DEFAULT_CONFIG: &str = "/etc/containerd/config.toml";
 pub const K8S_NAMESPACE: &str = "k8s.io";
 /// gRPC metadata key naming the containerd namespace.
 const NAMESPACE_HEADER: &str = "containerd-namespace";
-/// Bound of one Get + Update round (the runtime waits for `PostCreateContainer`).
-pub const RPC_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound of one Get + Update round, connecting included (the runtime waits for
+/// `PostCreateContainer`). Shorter than the core's budget for that request, so that a round
+/// that stalls drops its connection (the next one starts afresh) before the budget ends.
+pub const RPC_TIMEOUT: Duration = Duration::from_millis(700);
 
 /// Errors of the containerd client.
 #[derive(Debug, thiserror::Error)]

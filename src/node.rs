@@ -18,13 +18,18 @@ use crate::annotations::HookSpec;
 use crate::config::Config;
 use crate::containerd;
 use crate::core::{EffectError, Effects, GateStatus, Inbox, TERMINATION_LOG};
-use crate::gate::{self, GateParams, GateServers};
+use crate::gate::{self, GateParams, GateRecord, GateServers, RecordedGate, Recovered};
 use crate::hooks;
 use crate::lock;
 use crate::logging::Logging;
 use crate::model::{Adjustment, Container};
 use crate::ns::pidfd::PidFd;
-use crate::ops::{self, Ops};
+use crate::ops::{self, FailOpen, Ops};
+
+// A stalled containerd call must end (and drop its connection) inside the budget the core
+// gives `PostCreateContainer`, not be cut off by it.
+const _: () =
+    assert!(containerd::RPC_TIMEOUT.as_millis() < crate::core::POST_CREATE_BUDGET.as_millis());
 
 /// What depends on the config (known only after the runtime's `Configure`).
 struct Configured {
@@ -258,7 +263,19 @@ impl Effects for Node {
             return;
         };
         if !cur.servers.is_open(&container.id) {
-            return;
+            // A gated container the plugin did not see created: its socket directory is
+            // there only if it was made for it.
+            let known = cur
+                .servers
+                .socket_dir(&container.id)
+                .is_ok_and(|d| d.is_dir());
+            if !known {
+                return;
+            }
+            if let Err(e) = cur.servers.open(&container.id) {
+                warn!(container = %container.id, error = %e, "cannot re-open the gate socket");
+                return;
+            }
         }
         // The namespaces are read through the PID; they belong to our process only if it is
         // still alive afterwards.
@@ -291,6 +308,75 @@ impl Effects for Node {
             cur.servers.remove(container_id);
         }
     }
+
+    fn gate_save(&self, record: &GateRecord) {
+        let Some(cur) = self.current() else {
+            return;
+        };
+        if let Err(e) = cur.servers.save(record) {
+            warn!(container = %record.id, error = %e, "cannot record the gated container: a restarted plugin will not serve its gate before the runtime synchronizes");
+        }
+    }
+
+    fn gate_recover(&self) -> Vec<Recovered> {
+        let Some(cur) = self.current() else {
+            return Vec::new();
+        };
+        let bundle = |id: &str| cur.location.bundle(&cur.namespace, id);
+        // A container that started just before the plugin stopped: its runtime wrote the
+        // init's PID into its bundle.
+        let init_pid = |id: &str| {
+            let text = std::fs::read_to_string(bundle(id)?.join("init.pid")).ok()?;
+            text.trim().parse::<u32>().ok().filter(|p| *p > 0)
+        };
+        let mut recovered = cur.servers.recover(&init_pid);
+        for r in &mut recovered {
+            // The gate was injected but not confirmed: the spec the container runs with says
+            // whether it is in front of the entrypoint.
+            if r.record.gate != RecordedGate::Injected || r.init.is_none() {
+                continue;
+            }
+            let Some(gated) = bundle(&r.record.id).and_then(|b| bundle_is_gated(&b)) else {
+                continue;
+            };
+            if gated {
+                r.record.gate = RecordedGate::Gated;
+            } else {
+                r.record.gate = RecordedGate::Ungated;
+                self.ops.fail_open(FailOpen::Ungated);
+                warn!(
+                    container = %r.record.id,
+                    name = %format!("{}/{}/{}", r.record.pod_namespace, r.record.pod_name, r.record.name),
+                    reason = "the plugin stopped before it put the gate in front of the entrypoint",
+                    "PreStop cannot hold this container's stop: it will run best-effort when the runtime reports the stop"
+                );
+            }
+            if let Err(e) = cur.servers.save(&r.record) {
+                warn!(container = %r.record.id, error = %e, "cannot update the gate record");
+            }
+        }
+        recovered
+    }
+
+    fn init_start_time(&self, init: &PidFd) -> Option<u64> {
+        let start = gate::state::start_time(init.pid()).ok()?;
+        // Read through the PID: it is the held process's only if that still lives.
+        init.is_alive().then_some(start)
+    }
+}
+
+/// Whether the OCI spec in `bundle` runs the gate as its process (`None`: unreadable).
+fn bundle_is_gated(bundle: &std::path::Path) -> Option<bool> {
+    let text = std::fs::read(bundle.join("config.json")).ok()?;
+    let spec: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let args: Vec<String> = spec
+        .get("process")?
+        .get("args")?
+        .as_array()?
+        .iter()
+        .filter_map(|a| a.as_str().map(String::from))
+        .collect();
+    Some(gate::args_are_gated(&args))
 }
 
 impl Drop for Node {
@@ -316,6 +402,8 @@ fn write_termination_message(path: &str, message: &str) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::model::Mount;
 
@@ -331,6 +419,92 @@ mod tests {
         };
         node.configure(&config, 0);
         node
+    }
+
+    /// containerd's API accepts connections and never answers: `PostCreateContainer` is still
+    /// answered within its budget (the container runs ungated), and the stalled connection
+    /// is dropped, so the next container's rewrite connects afresh.
+    #[tokio::test]
+    async fn post_create_answers_within_budget_when_containerd_never_answers() {
+        use crate::core::{Core, POST_CREATE_BUDGET};
+        use crate::model::{Event, EventKind, Pod, RuntimeInfo};
+        use crate::nri::Handler;
+
+        let dir = tempfile::tempdir().unwrap();
+        let address = dir.path().join("containerd.sock");
+        let listener = tokio::net::UnixListener::bind(&address).unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        let stall = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        let (inbox, inlet) = crate::core::channel();
+        let ops = Arc::new(Ops::new());
+        let node = Arc::new(Node::new(
+            Logging::init("info"),
+            inbox.clone(),
+            Arc::clone(&ops),
+        ));
+        let config = Config {
+            log_file: None,
+            runtime_dir: dir.path().join("rt"),
+            containerd_address: Some(address),
+            containerd_state_dir: Some(dir.path().join("state")),
+            ..Config::default()
+        };
+        let core = Core::start(config, true, node, ops, (inbox, inlet));
+        core.configure(RuntimeInfo {
+            request_timeout_ms: 2000,
+            ..RuntimeInfo::default()
+        })
+        .await;
+        let pod = Pod {
+            id: "p1".into(),
+            name: "web".into(),
+            namespace: "default".into(),
+            annotations: [(
+                "prestop.lifecycle.nri.io/pod".to_string(),
+                r#"{"sleep":{"seconds":1}}"#.to_string(),
+            )]
+            .into(),
+            ..Pod::default()
+        };
+        for (n, id) in ["c1", "c2"].into_iter().enumerate() {
+            let mut c = Container {
+                id: id.into(),
+                pod_id: "p1".into(),
+                name: "app".into(),
+                ..Container::default()
+            };
+            c.process.args = vec!["/app".into()];
+            let adj = core.create_container(pod.clone(), c.clone()).await.unwrap();
+            assert!(adj.annotations.contains_key(gate::GATED_ANNOTATION));
+            let started = Instant::now();
+            core.event(Event {
+                kind: EventKind::PostCreateContainer,
+                pod: pod.clone(),
+                container: c,
+            })
+            .await
+            .unwrap();
+            let took = started.elapsed();
+            // The runtime gives up after 2 s; the budget keeps well inside it.
+            assert!(
+                took < POST_CREATE_BUDGET + Duration::from_millis(400),
+                "PostCreateContainer of {id} took {took:?}"
+            );
+            assert_eq!(
+                accepted.load(std::sync::atomic::Ordering::SeqCst),
+                n + 1,
+                "each rewrite connects afresh after a stalled one"
+            );
+        }
+        assert_eq!(core.status().await.gated, 0, "both run ungated");
+        stall.abort();
     }
 
     #[tokio::test]

@@ -111,6 +111,14 @@ impl ExternalPlugin {
         }
     }
 
+    /// SIGKILL at once (a crash, or the OOM killer); waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            sys::kill(c.id() as i32, libc::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+
     /// SIGTERM, then SIGKILL after `grace`; waits for it.
     pub fn stop(&mut self, grace: Duration) {
         if let Some(mut c) = self.child.take() {

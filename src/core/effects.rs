@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use super::error::EffectError;
 use crate::annotations::HookSpec;
 use crate::config::Config;
-use crate::gate::GateParams;
+use crate::gate::{GateParams, GateRecord, Recovered};
 use crate::hooks;
 use crate::model::{Adjustment, Container};
 use crate::ns::pidfd::PidFd;
@@ -84,6 +84,22 @@ pub trait Effects: Send + Sync + 'static {
     /// `containers` (all the runtime's containers) and drops stale ones.
     fn gate_resync(&self, containers: &[Container]);
 
-    /// A container with hooks is gone: drop what is held for it (its gate socket).
+    /// A container with hooks is gone: drop what is held for it (its gate socket and record).
     fn forget(&self, container_id: &str);
+
+    /// Writes the record a restarted plugin serves the container's gate from (a small file
+    /// written atomically; failures are logged).
+    fn gate_save(&self, _record: &GateRecord) {}
+
+    /// After (re)configuration: the gated containers of the records, their sockets open
+    /// again; records of containers that are gone are removed.
+    fn gate_recover(&self) -> Vec<Recovered> {
+        Vec::new()
+    }
+
+    /// The start time of the held init process (see [`crate::gate::state::start_time`]),
+    /// when it can be read while the process lives.
+    fn init_start_time(&self, _init: &PidFd) -> Option<u64> {
+        None
+    }
 }

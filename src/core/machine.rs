@@ -27,7 +27,7 @@ use super::effects::{Effects, GateStatus};
 use super::{ms, Inbox, Index, Input, PreStopOutcome, SharedPolicy, Status};
 use crate::annotations::{self, HookSpec, Hooks, Phase as HookPhase};
 use crate::config::Config;
-use crate::gate::GateParams;
+use crate::gate::{self, GateParams, GateRecord, RecordedGate, RecordedPreStop, Recovered};
 use crate::hooks;
 use crate::lock;
 use crate::model::{Adjustment, Container, ContainerState, Event, EventKind, Pod, RuntimeInfo};
@@ -91,6 +91,11 @@ pub(super) struct Tracked {
     /// The init process, held from the first sight of its PID to the container's removal.
     pub init: Option<Arc<PidFd>>,
     pub phase: Phase,
+    /// What a restarted plugin needs (gated containers only), written at every change.
+    pub record: Option<GateRecord>,
+    /// Rebuilt from its record after a restart; the runtime's `Synchronize` has not
+    /// confirmed it yet.
+    pub recovered: bool,
 }
 
 impl Drop for Tracked {
@@ -209,6 +214,7 @@ impl Machine {
             (Config::default(), None)
         };
         self.effects.configure(&config, info.runtime_pid);
+        self.recover();
         if let Some(e) = problem {
             warn!(error = %e, "the plugin config handed over by the runtime is invalid: keeping the current one");
         }
@@ -283,12 +289,18 @@ impl Machine {
     fn create(&mut self, pod: Pod, container: Container, hooks: Hooks) -> Adjustment {
         let mut adjustment = Adjustment::default();
         let mut gate = Gate::Absent;
+        let mut record = None;
         if let Some(pre_stop) = &hooks.pre_stop {
             let params = self.gate_params(pre_stop, &container);
             match self.effects.gate_adjustment(&container, &params) {
                 Ok(adj) => {
                     adjustment = adj;
                     gate = Gate::Injected;
+                    // Written before the runtime hears of the gate: a plugin restarted from
+                    // here on finds the container.
+                    let new = GateRecord::new(&pod, &container);
+                    self.effects.gate_save(&new);
+                    record = Some(new);
                 }
                 Err(reason) => {
                     self.ops.fail_open(FailOpen::NotInjected);
@@ -315,6 +327,8 @@ impl Machine {
             gate,
             init: None,
             phase: Phase::Created,
+            record,
+            recovered: false,
         });
         adjustment
     }
@@ -419,11 +433,44 @@ impl Machine {
                 Gate::Ungated
             }
         };
+        let gate = t.gate;
+        let (pod, container) = (t.pod.clone(), t.container.clone());
+        self.update_record(id, |r| {
+            r.update(&pod, &container);
+            r.gate = if gate == Gate::Gated {
+                RecordedGate::Gated
+            } else {
+                RecordedGate::Ungated
+            };
+        });
+    }
+
+    /// Changes a container's record, when it has one, and writes it.
+    fn update_record(&mut self, id: &str, change: impl FnOnce(&mut GateRecord)) {
+        let Some(record) = self.table.get_mut(id).and_then(|t| t.record.as_mut()) else {
+            return;
+        };
+        change(record);
+        self.effects.gate_save(record);
     }
 
     /// The container runs: hold its init process and start its PostStart hook.
     fn post_start(&mut self, event: Event) {
         let id = event.container.id.clone();
+        if !self.table.contains_key(&id) {
+            // Created while no plugin served the runtime, and missing from its
+            // `Synchronize` (the create finished after it): the edge passed it on because it
+            // has hooks. Tracked from here, as just created, so its PostStart runs; one with a
+            // PreStop hook is named as having no gate.
+            let created = Container {
+                state: ContainerState::Created,
+                ..event.container.clone()
+            };
+            if !self.adopt(event.pod.clone(), &created, None) {
+                return;
+            }
+            self.count_gated();
+        }
         let Some(t) = self.table.get_mut(&id) else {
             return;
         };
@@ -448,6 +495,24 @@ impl Machine {
         if let (Gate::Gated | Gate::Injected, Some(init)) = (t.gate, &t.init) {
             self.effects.gate_started(&t.container, init);
         }
+        let started = t
+            .init
+            .as_ref()
+            .filter(|init| t.record.as_ref().is_some_and(|r| r.pid != init.pid()))
+            .and_then(|init| Some((init.pid(), self.effects.init_start_time(init)?)));
+        if t.record.is_some() {
+            let (pod, container) = (t.pod.clone(), t.container.clone());
+            self.update_record(&id, |r| {
+                r.update(&pod, &container);
+                if let Some((pid, start_time)) = started {
+                    r.pid = pid;
+                    r.start_time = start_time;
+                }
+            });
+        }
+        let Some(t) = self.table.get_mut(&id) else {
+            return;
+        };
         if !matches!(t.phase, Phase::Created) {
             return;
         }
@@ -499,6 +564,8 @@ impl Machine {
         };
         let bound = pre_stop_bound(spec.timeout, self.grace_period(&t.container));
         let target = event_target(self.effects.as_ref(), t);
+        // Recorded before it starts: a restarted plugin never runs it a second time.
+        self.update_record(id, |r| r.pre_stop = Some(RecordedPreStop::Running));
         self.spawn_hook(&target, spec, bound);
         if let Some(t) = self.table.get_mut(id) {
             // Replacing `Running` drops its PostStart handle: abort it first.
@@ -603,6 +670,7 @@ impl Machine {
                         let _ = w.send(result.clone());
                     }
                 }
+                self.update_record(id, |r| r.pre_stop = Some(recorded_outcome(&result)));
             }
             HookPhase::PostStart => {
                 let running = matches!(t.phase, Phase::Running { .. });
@@ -695,7 +763,78 @@ impl Machine {
         task.abort_handle()
     }
 
-    /// Rebuilds the table from the runtime's view after a (re)connection.
+    /// At process start, when the config is known without the runtime (external mode):
+    /// applies it (the runtime's PID is not known yet) and recovers the recorded gates.
+    pub fn recover_at_start(&mut self) {
+        self.effects.configure(&self.config, 0);
+        self.recover();
+    }
+
+    /// After (re)configuration, before the runtime synchronizes: the gated containers of the
+    /// records (a previous plugin process wrote them) are tracked again, so that a gate asking
+    /// now gets its PreStop, once. `Synchronize` confirms or corrects them.
+    fn recover(&mut self) {
+        for Recovered { record, init } in self.effects.gate_recover() {
+            let id = record.id.clone();
+            if self.table.contains_key(&id) {
+                continue;
+            }
+            let pod = record.pod();
+            let container = record.container();
+            let hooks = match annotations::hooks_for(
+                &container.name,
+                &pod.annotations,
+                &container.annotations,
+            ) {
+                Ok(h) if h.pre_stop.is_some() => h,
+                Ok(_) => {
+                    warn!(container = %id, "gate record without a PreStop hook: removed");
+                    self.effects.forget(&id);
+                    continue;
+                }
+                Err(e) => {
+                    warn!(container = %id, error = %e, "gate record with an invalid hook annotation: removed");
+                    self.effects.forget(&id);
+                    continue;
+                }
+            };
+            let gate = match record.gate {
+                RecordedGate::Injected => Gate::Injected,
+                RecordedGate::Gated => Gate::Gated,
+                RecordedGate::Ungated => Gate::Ungated,
+            };
+            let phase = match (&record.pre_stop, &init) {
+                (Some(ran), _) => Phase::Stopped {
+                    pre_stop: Some(restored_outcome(ran)),
+                },
+                (None, Some(_)) => Phase::Running { post_start: None },
+                (None, None) => Phase::Created,
+            };
+            info!(
+                container = %id,
+                pod = %format!("{}/{}", pod.namespace, pod.name),
+                name = %container.name,
+                init = init.as_ref().map(|i| i.pid()),
+                pre_stop_ran = record.pre_stop.is_some(),
+                "gated container recovered from its record: its gate is served again"
+            );
+            self.track(Tracked {
+                pod,
+                container,
+                hooks,
+                gate,
+                init,
+                phase,
+                record: Some(record),
+                recovered: true,
+            });
+        }
+        self.count_gated();
+    }
+
+    /// Rebuilds the table from the runtime's view after a (re)connection. The runtime wins
+    /// over recovered records where they disagree, except that a PreStop that already ran
+    /// (or runs) is never started again.
     fn synchronize(&mut self, pods: Vec<Pod>, containers: Vec<Container>) {
         let live: HashSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
         let stale: Vec<String> = self
@@ -708,71 +847,206 @@ impl Machine {
             self.remove(&id);
         }
         let pods: HashMap<&str, &Pod> = pods.iter().map(|p| (p.id.as_str(), p)).collect();
+        let mut added = Vec::new();
         for container in &containers {
-            if self.table.contains_key(&container.id) {
-                continue;
-            }
+            let previous = match self.table.get(&container.id) {
+                Some(t) if !t.recovered => continue,
+                Some(_) => self.table.remove(&container.id),
+                None => None,
+            };
             let pod = pods
                 .get(container.pod_id.as_str())
                 .map(|p| (*p).clone())
                 .unwrap_or_default();
-            let hooks = match annotations::hooks_for(
-                &container.name,
-                &pod.annotations,
-                &container.annotations,
-            ) {
-                Ok(h) => h,
-                Err(e) => {
-                    warn!(container = %container.id, error = %e, "existing container has an invalid hook annotation: its hooks are ignored");
-                    continue;
-                }
-            };
-            if hooks.is_empty() {
-                continue;
+            if self.adopt(pod, container, previous) {
+                added.push(container.id.clone());
             }
-            let gate = if hooks.pre_stop.is_some() && self.effects.is_gated(container) {
-                Gate::Gated
-            } else {
-                Gate::Absent
-            };
-            let running = matches!(
-                container.state,
-                ContainerState::Running | ContainerState::Paused
-            );
-            let init = if running && container.pid != 0 {
-                match self.effects.hold_init(container) {
-                    Ok(init) => Some(init),
-                    Err(e) => {
-                        warn!(container = %container.id, error = %e, "cannot hold the container's init process");
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            let phase = match container.state {
-                ContainerState::Running | ContainerState::Paused => {
-                    Phase::Running { post_start: None }
-                }
-                ContainerState::Stopped => Phase::Stopped { pre_stop: None },
-                _ => Phase::Created,
-            };
-            self.track(Tracked {
-                pod,
-                container: container.clone(),
-                hooks,
-                gate,
-                init,
-                phase,
-            });
         }
         self.effects.gate_resync(&containers);
+        // Written after the sockets were re-created (stale records are gone by then).
+        for id in added {
+            if let Some(record) = self.table.get(&id).and_then(|t| t.record.as_ref()) {
+                self.effects.gate_save(record);
+            }
+        }
         self.count_gated();
         debug!(
             containers = containers.len(),
             tracked = self.table.len(),
             "container table rebuilt"
         );
+    }
+
+    /// Tracks a container the plugin did not see created (from `Synchronize`, or started
+    /// while the plugin was not serving the runtime), replacing `previous` when that was
+    /// recovered from its record. Returns whether it is tracked (it has hooks).
+    fn adopt(&mut self, pod: Pod, container: &Container, previous: Option<Tracked>) -> bool {
+        let hooks = match annotations::hooks_for(
+            &container.name,
+            &pod.annotations,
+            &container.annotations,
+        ) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(container = %container.id, error = %e, "existing container has an invalid hook annotation: its hooks are ignored");
+                self.untrack(&container.id, previous.is_some());
+                return false;
+            }
+        };
+        if hooks.is_empty() {
+            self.untrack(&container.id, previous.is_some());
+            return false;
+        }
+        let mut previous = previous;
+        let recorded = previous.as_mut().and_then(|p| p.record.take());
+        let gate = self.synchronized_gate(&pod, container, &hooks, recorded.as_ref());
+        let running = matches!(
+            container.state,
+            ContainerState::Running | ContainerState::Paused
+        );
+        let held = previous
+            .as_mut()
+            .and_then(|p| p.init.take())
+            .filter(|init| init.pid() == container.pid);
+        let init = match held {
+            Some(init) => Some(init),
+            None if running && container.pid != 0 => match self.effects.hold_init(container) {
+                Ok(init) => Some(init),
+                Err(e) => {
+                    warn!(container = %container.id, error = %e, "cannot hold the container's init process");
+                    None
+                }
+            },
+            None => None,
+        };
+        // A PreStop that ran or runs stays (the runtime cannot know of it).
+        let ran = previous.as_mut().and_then(|p| {
+            match std::mem::replace(&mut p.phase, Phase::Stopped { pre_stop: None }) {
+                phase @ (Phase::Stopping { .. } | Phase::Stopped { pre_stop: Some(_) }) => {
+                    Some(phase)
+                }
+                _ => None,
+            }
+        });
+        let phase = match ran {
+            Some(phase) => phase,
+            None => match container.state {
+                ContainerState::Running | ContainerState::Paused => {
+                    Phase::Running { post_start: None }
+                }
+                ContainerState::Stopped => Phase::Stopped { pre_stop: None },
+                _ => Phase::Created,
+            },
+        };
+        let record = (hooks.pre_stop.is_some() && gate != Gate::Absent).then(|| {
+            let mut record = recorded.unwrap_or_else(|| GateRecord::new(&pod, container));
+            record.update(&pod, container);
+            record.gate = match gate {
+                Gate::Gated => RecordedGate::Gated,
+                Gate::Injected => RecordedGate::Injected,
+                Gate::Ungated | Gate::Absent => RecordedGate::Ungated,
+            };
+            if let Some(init) = &init {
+                if record.pid != init.pid() {
+                    record.pid = init.pid();
+                    record.start_time = self.effects.init_start_time(init).unwrap_or(0);
+                    if record.start_time == 0 {
+                        record.pid = 0;
+                    }
+                }
+            }
+            record
+        });
+        drop(previous);
+        self.track(Tracked {
+            pod,
+            container: container.clone(),
+            hooks,
+            gate,
+            init,
+            phase,
+            record,
+            recovered: false,
+        });
+        true
+    }
+
+    /// Drops a container that `Synchronize` shows has no hooks (any more); `tracked` says
+    /// whether it was in the table (recovered from its record).
+    fn untrack(&mut self, id: &str, tracked: bool) {
+        if tracked {
+            lock::write(&self.index).remove(id);
+            self.effects.forget(id);
+        }
+    }
+
+    /// Whether the gate holds the stop of a container the runtime reports at `Synchronize`,
+    /// and, for one that should be gated but is not, why (logged and counted once).
+    fn synchronized_gate(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        hooks: &Hooks,
+        recorded: Option<&GateRecord>,
+    ) -> Gate {
+        if hooks.pre_stop.is_none() {
+            return Gate::Absent;
+        }
+        let alive = matches!(
+            container.state,
+            ContainerState::Created | ContainerState::Running | ContainerState::Paused
+        );
+        let marked = recorded.is_some() || self.effects.is_gated(container);
+        let args = &container.process.args;
+        // No args at all says nothing either way.
+        let gated_args = args.is_empty() || gate::args_are_gated(args);
+        let name = format!("{}/{}/{}", pod.namespace, pod.name, container.name);
+        match (marked, gated_args) {
+            (true, true) => Gate::Gated,
+            (true, false) => {
+                let known = recorded.is_some_and(|r| r.gate == RecordedGate::Ungated);
+                if alive && !known {
+                    self.ops.fail_open(FailOpen::Ungated);
+                    warn!(
+                        container = %container.id, %name,
+                        reason = "its create was interrupted (the plugin restarted, or the runtime gave up waiting) before the gate was put in front of its entrypoint",
+                        "PreStop cannot hold this container's stop: it will run best-effort when the runtime reports the stop"
+                    );
+                }
+                Gate::Ungated
+            }
+            (false, _) => {
+                if alive {
+                    self.ops.fail_open(FailOpen::NotInjected);
+                    warn!(
+                        container = %container.id, %name,
+                        reason = "it was created while the plugin was not serving the runtime (or its create was not answered in time), so it has no gate",
+                        "PreStop cannot hold this container's stop: it will run best-effort when the runtime reports the stop"
+                    );
+                }
+                Gate::Absent
+            }
+        }
+    }
+}
+
+/// How a recorded PreStop is told to a gate that asks again.
+fn restored_outcome(ran: &RecordedPreStop) -> PreStopOutcome {
+    match ran {
+        RecordedPreStop::Done => PreStopOutcome::Done,
+        RecordedPreStop::TimedOut => PreStopOutcome::TimedOut,
+        RecordedPreStop::Failed(reason) => PreStopOutcome::Failed(reason.clone()),
+        RecordedPreStop::Running => PreStopOutcome::Failed(
+            "the plugin restarted while the PreStop hook ran; it is not run again".into(),
+        ),
+    }
+}
+
+fn recorded_outcome(outcome: &PreStopOutcome) -> RecordedPreStop {
+    match outcome {
+        PreStopOutcome::Done => RecordedPreStop::Done,
+        PreStopOutcome::TimedOut => RecordedPreStop::TimedOut,
+        PreStopOutcome::Failed(reason) => RecordedPreStop::Failed(reason.clone()),
     }
 }
 

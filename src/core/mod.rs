@@ -8,7 +8,9 @@
 //! PreStop per stop" are therefore decided in one place. The edge reads one thing back: the
 //! ids of the containers with hooks (`Index`, written only by the machine), so that creates
 //! and events of containers without hooks, which would change nothing, are answered on the
-//! spot (hook annotations are validated there too: validation is pure).
+//! spot (hook annotations are validated there too: validation is pure). The one exception
+//! is the start of an untracked container that has hooks: the runtime created it while no
+//! plugin served it, and the machine tracks it from there.
 //!
 //! The task never waits on the outside world: hooks, the gate check and killing a container
 //! run in tasks of their own, bounded, and report back as inputs. Everything that touches the
@@ -176,7 +178,9 @@ pub struct Core {
 impl Core {
     /// Starts the core's task on the channel made by [`channel`], with `effects`; `ops` gets
     /// its metrics and health. `keep_config`: a `Configure` without config text keeps `config`
-    /// (external mode with `--config`) instead of the defaults.
+    /// (external mode with `--config`) instead of the defaults; the config is then applied at
+    /// once and the gated containers recorded by a previous process are recovered (else that
+    /// waits for the runtime's `Configure`). Needs a tokio runtime.
     pub fn start(
         config: Config,
         keep_config: bool,
@@ -196,6 +200,11 @@ impl Core {
             Arc::clone(&index),
             Arc::clone(&policy),
         );
+        if keep_config {
+            // The config is ours, not the runtime's: the gates recorded by a previous process
+            // are served from now on, before the runtime is even reached.
+            machine.recover_at_start();
+        }
         let Inlet(mut rx) = inlet;
         tokio::spawn(async move {
             loop {
@@ -302,7 +311,19 @@ impl Handler for Core {
                 | EventKind::RemoveContainer
         );
         if per_container && !lock::read(&self.index).contains(&event.container.id) {
-            return Ok(());
+            // The start of a container the plugin never saw created (it was created while no
+            // plugin served the runtime) goes on when it has hooks: the core tracks it from
+            // here and names it when its PreStop cannot hold the stop.
+            let unseen = event.kind == EventKind::PostStartContainer
+                && annotations::hooks_for(
+                    &event.container.name,
+                    &event.pod.annotations,
+                    &event.container.annotations,
+                )
+                .is_ok_and(|h| !h.is_empty());
+            if !unseen {
+                return Ok(());
+            }
         }
         self.call(|done| Input::Event {
             event: Box::new(event),

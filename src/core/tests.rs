@@ -10,7 +10,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use super::*;
 use crate::annotations::{self, AnnotationError};
-use crate::gate::GateParams;
+use crate::gate::{GateParams, GateRecord, RecordedGate, RecordedPreStop, Recovered};
 use crate::model::ContainerState;
 use crate::ns::pidfd::PidFd;
 use crate::ops::Ops;
@@ -24,6 +24,10 @@ struct Fake {
     hold: Option<Arc<Semaphore>>,
     exited: Notify,
     ungated: bool,
+    /// Every record written, in order.
+    saved: Mutex<Vec<GateRecord>>,
+    /// What the next `gate_recover` finds.
+    recovered: Mutex<Vec<Recovered>>,
 }
 
 impl Fake {
@@ -135,6 +139,19 @@ impl Effects for Fake {
     }
     fn forget(&self, id: &str) {
         self.record(format!("forget {id}"));
+    }
+    fn gate_save(&self, record: &GateRecord) {
+        let ran = self.calls().iter().any(|c| c.starts_with("run preStop"));
+        let mut record = record.clone();
+        // Whether the hook had started when this was written, in the `version` field.
+        record.version = u32::from(ran);
+        self.saved.lock().unwrap().push(record);
+    }
+    fn gate_recover(&self) -> Vec<Recovered> {
+        std::mem::take(&mut *self.recovered.lock().unwrap())
+    }
+    fn init_start_time(&self, _init: &PidFd) -> Option<u64> {
+        Some(77)
     }
 }
 
@@ -689,4 +706,243 @@ async fn metrics_follow_hooks_gates_and_requests() {
     assert!(ops.ready());
     core.shutdown().await;
     assert!(!ops.ready());
+}
+
+#[tokio::test]
+async fn the_record_follows_create_gate_start_and_pre_stop() {
+    let fake = Arc::new(Fake::default());
+    let (core, inbox) = start(&fake);
+    let p = pod(&[("prestop.lifecycle.nri.io/pod", r#"{"sleep":{"seconds":1}}"#)]);
+    let c = container("c1", "app");
+    core.create_container(p.clone(), c.clone()).await.unwrap();
+    let saved = || fake.saved.lock().unwrap().clone();
+    // Written before the create is answered.
+    assert_eq!(saved().len(), 1);
+    assert_eq!(saved()[0].gate, RecordedGate::Injected);
+    assert_eq!((saved()[0].pid, saved()[0].pre_stop.clone()), (0, None));
+    core.event(event(EventKind::PostCreateContainer, &p, &c))
+        .await
+        .unwrap();
+    assert_eq!(saved().last().unwrap().gate, RecordedGate::Gated);
+    core.event(event(EventKind::PostStartContainer, &p, &c))
+        .await
+        .unwrap();
+    let last = saved().last().unwrap().clone();
+    assert_eq!((last.pid, last.start_time), (std::process::id(), 77));
+    assert_eq!(last.pod_name, "web");
+    assert_eq!(
+        inbox.stop_requested("c1", libc::SIGTERM).await,
+        PreStopOutcome::Done
+    );
+    let ran: Vec<_> = saved()
+        .into_iter()
+        .filter_map(|r| Some((r.pre_stop?, r.version)))
+        .collect();
+    // "Running" is on disk before the hook starts, the outcome after it ended.
+    assert_eq!(
+        ran,
+        vec![(RecordedPreStop::Running, 0), (RecordedPreStop::Done, 1)]
+    );
+    // A container without a PreStop hook has no record.
+    let q = pod(&[(
+        "poststart.lifecycle.nri.io/pod",
+        r#"{"sleep":{"seconds":0}}"#,
+    )]);
+    let before = saved().len();
+    run_container(&core, &q, &container("c2", "app")).await;
+    assert_eq!(saved().len(), before);
+}
+
+/// A record a previous plugin process wrote, for a running gated container "r1".
+fn recorded(p: &Pod, pre_stop: Option<RecordedPreStop>) -> Recovered {
+    let mut c = container("r1", "app");
+    c.annotations.insert("gated".into(), "1".into());
+    let mut record = GateRecord::new(p, &c);
+    record.gate = RecordedGate::Gated;
+    record.pid = std::process::id();
+    record.start_time = 77;
+    record.pre_stop = pre_stop;
+    Recovered {
+        record,
+        init: Some(Arc::new(PidFd::open(std::process::id()).unwrap())),
+    }
+}
+
+#[tokio::test]
+async fn a_recovered_container_is_served_before_synchronize_and_its_pre_stop_runs_once() {
+    let fake = Arc::new(Fake::default());
+    let (core, inbox) = start(&fake);
+    let p = pod(&[("prestop.lifecycle.nri.io/pod", r#"{"sleep":{"seconds":1}}"#)]);
+    fake.recovered.lock().unwrap().push(recorded(&p, None));
+    core.configure(RuntimeInfo::default()).await;
+    assert_eq!(
+        core.status().await,
+        Status {
+            tracked: 1,
+            gated: 1
+        }
+    );
+    assert_eq!(
+        inbox.stop_requested("r1", libc::SIGTERM).await,
+        PreStopOutcome::Done
+    );
+    assert_eq!(fake.count("run preStop r1"), 1);
+    // The runtime still reports it running (the app shuts down): Synchronize keeps the
+    // PreStop that ran, and a later stop request gets its outcome without a second run.
+    let mut c = container("r1", "app");
+    c.pid = std::process::id();
+    c.state = ContainerState::Running;
+    c.annotations.insert("gated".into(), "1".into());
+    core.synchronize(vec![p.clone()], vec![c.clone()]).await;
+    assert_eq!(
+        inbox.stop_requested("r1", libc::SIGTERM).await,
+        PreStopOutcome::Done
+    );
+    core.event(event(EventKind::StopContainer, &p, &c))
+        .await
+        .unwrap();
+    settle(&core).await;
+    assert_eq!(fake.count("run preStop r1"), 1, "{:?}", fake.calls());
+    // The init recovered with the record is kept, not opened again.
+    assert_eq!(fake.count("hold r1"), 0);
+}
+
+#[tokio::test]
+async fn a_pre_stop_that_ran_before_the_restart_is_not_run_again() {
+    let fake = Arc::new(Fake::default());
+    let (core, inbox) = start(&fake);
+    let p = pod(&[("prestop.lifecycle.nri.io/pod", r#"{"sleep":{"seconds":1}}"#)]);
+    fake.recovered
+        .lock()
+        .unwrap()
+        .push(recorded(&p, Some(RecordedPreStop::Running)));
+    core.configure(RuntimeInfo::default()).await;
+    assert!(matches!(
+        inbox.stop_requested("r1", libc::SIGTERM).await,
+        PreStopOutcome::Failed(_)
+    ));
+    assert_eq!(fake.count("run preStop"), 0);
+    // The runtime does not list it: its record and socket go.
+    core.synchronize(vec![p], vec![]).await;
+    assert_eq!(core.status().await, Status::default());
+    assert_eq!(fake.count("forget r1"), 1);
+}
+
+#[tokio::test]
+async fn synchronize_names_the_containers_whose_pre_stop_cannot_hold_the_stop() {
+    let fake = Arc::new(Fake::default());
+    let (core, inbox, ops) = start_with_ops(&fake);
+    let p = pod(&[("prestop.lifecycle.nri.io/pod", r#"{"sleep":{"seconds":0}}"#)]);
+    let gate_args = crate::gate::gate_args(
+        &["/app".to_string()],
+        &GateParams::new(Duration::from_secs(5), None, &container("x", "x")),
+    );
+    let with = |id: &str, state, marked: bool, args: &[String]| {
+        let mut c = container(id, "app");
+        c.state = state;
+        if marked {
+            c.annotations.insert("gated".into(), "1".into());
+        }
+        c.process.args = args.to_vec();
+        c
+    };
+    let plain = vec!["/app".to_string()];
+    let interrupted = with("i1", ContainerState::Running, true, &plain);
+    let unmarked = with("u1", ContainerState::Running, false, &plain);
+    let gated = with("g1", ContainerState::Running, true, &gate_args);
+    let stopped = with("s1", ContainerState::Stopped, false, &plain);
+    core.synchronize(
+        vec![p.clone()],
+        vec![
+            interrupted.clone(),
+            unmarked.clone(),
+            gated.clone(),
+            stopped.clone(),
+        ],
+    )
+    .await;
+    let text = ops.encode();
+    for line in [
+        "nri_lifecycle_gate_failopen_total{reason=\"ungated\"} 1",
+        "nri_lifecycle_gate_failopen_total{reason=\"not_injected\"} 1",
+        "nri_lifecycle_gated_containers 1",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    // Only the really gated one is recorded (the interrupted one keeps a record too: it
+    // carries the gate's marker, and its best-effort PreStop must not run twice).
+    let saved: Vec<String> = fake
+        .saved
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {:?}", r.id, r.gate))
+        .collect();
+    assert!(saved.contains(&"g1 Gated".to_string()), "{saved:?}");
+    assert!(saved.contains(&"i1 Ungated".to_string()), "{saved:?}");
+    assert!(!saved.iter().any(|s| s.starts_with("u1")), "{saved:?}");
+    // Ungated ones run PreStop best-effort at the stop; the gated one at the gate's request.
+    for c in [&interrupted, &unmarked] {
+        core.event(event(EventKind::StopContainer, &p, c))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        inbox.stop_requested("g1", libc::SIGTERM).await,
+        PreStopOutcome::Done
+    );
+    settle(&core).await;
+    for id in ["i1", "u1", "g1"] {
+        assert_eq!(
+            fake.count(&format!("run preStop {id} ")),
+            1,
+            "{:?}",
+            fake.calls()
+        );
+    }
+    assert_eq!(fake.count("run preStop s1"), 0);
+    // A second Synchronize (a reconnection) neither counts nor warns again.
+    core.synchronize(vec![p.clone()], vec![interrupted, unmarked, gated, stopped])
+        .await;
+    assert!(ops
+        .encode()
+        .contains("nri_lifecycle_gate_failopen_total{reason=\"ungated\"} 1"));
+}
+
+#[tokio::test]
+async fn a_container_started_unseen_is_tracked_and_named_when_its_pre_stop_cannot_hold() {
+    let fake = Arc::new(Fake::default());
+    let (core, _, ops) = start_with_ops(&fake);
+    let p = pod(&[
+        ("prestop.lifecycle.nri.io/pod", r#"{"sleep":{"seconds":0}}"#),
+        (
+            "poststart.lifecycle.nri.io/pod",
+            r#"{"sleep":{"seconds":0}}"#,
+        ),
+    ]);
+    let mut c = container("late", "app");
+    c.state = ContainerState::Running;
+    c.process.args = vec!["/app".into()];
+    // No create, no Synchronize listing it: the runtime created it while no plugin served it.
+    core.event(event(EventKind::PostStartContainer, &p, &c))
+        .await
+        .unwrap();
+    settle(&core).await;
+    assert_eq!(core.status().await.tracked, 1);
+    assert!(ops
+        .encode()
+        .contains("nri_lifecycle_gate_failopen_total{reason=\"not_injected\"} 1"));
+    assert_eq!(fake.count("run postStart late"), 1, "{:?}", fake.calls());
+    // Its PreStop runs best-effort at the stop.
+    core.event(event(EventKind::StopContainer, &p, &c))
+        .await
+        .unwrap();
+    settle(&core).await;
+    assert_eq!(fake.count("run preStop late"), 1, "{:?}", fake.calls());
+    // A container without hooks stays untracked.
+    let plain = container("plain", "app");
+    core.event(event(EventKind::PostStartContainer, &pod(&[]), &plain))
+        .await
+        .unwrap();
+    assert_eq!(core.status().await.tracked, 1);
 }

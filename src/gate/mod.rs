@@ -10,16 +10,19 @@
 //!   core needs in `PostCreateContainer`;
 //! - [`server`]: one socket server per gated container, with the peer check; its stop
 //!   requests go to the core's one input;
+//! - [`state`]: the per-container record a restarted plugin serves the gate from;
 //! - [`protocol`]: the wire protocol, shared verbatim with the gate.
 
 pub mod binary;
 pub mod inject;
 pub mod protocol;
 pub mod server;
+pub mod state;
 
 pub use binary::{embedded_gate, gate_file_name, install_gate};
 pub use inject::{adjustment, args_are_gated, gate_args, is_gated, GateParams, GATED_ANNOTATION};
-pub use server::GateServers;
+pub use server::{GateServers, Recovered};
+pub use state::{GateRecord, RecordedGate, RecordedPreStop};
 
 use std::path::PathBuf;
 
@@ -52,4 +55,6 @@ pub enum GateError {
     },
     #[error("container {id} has no gate socket")]
     NotOpen { id: String },
+    #[error(transparent)]
+    State(state::StateError),
 }

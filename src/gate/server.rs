@@ -27,10 +27,12 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::protocol;
+use super::state::{self, GateRecord, Records};
 use super::{inject::is_gated, GateError};
 use crate::core::{Inbox, PreStopOutcome};
 use crate::lock::lock;
 use crate::model::{Container, ContainerState};
+use crate::ns::pidfd::PidFd;
 
 /// Connections served at once per container.
 pub const MAX_CONNECTIONS: usize = 4;
@@ -226,11 +228,33 @@ struct Entry {
     dir: PathBuf,
 }
 
-/// The gate sockets of all gated containers.
+/// The gate sockets of all gated containers, and their records (see [`state`]).
 pub struct GateServers {
     base: PathBuf,
     inbox: Inbox,
     entries: Mutex<HashMap<String, Entry>>,
+    records: Records,
+}
+
+/// A gated container found in the records at start-up, its socket open again.
+#[derive(Debug)]
+pub struct Recovered {
+    pub record: GateRecord,
+    /// Its init process, when it had started (checked by PID and start time).
+    pub init: Option<Arc<PidFd>>,
+}
+
+/// Opens `pid` and checks it is the process that started at `start` (when known); returns
+/// the handle and the start time.
+fn verified_init(pid: u32, start: Option<u64>) -> Option<(PidFd, u64)> {
+    let fd = PidFd::open(pid).ok()?;
+    // Read after the pidfd was opened: the same start time now means the pidfd names the
+    // process that started then, not a later one with its PID.
+    let now = state::start_time(pid).ok()?;
+    if start.is_some_and(|s| s != now) || !fd.is_alive() {
+        return None;
+    }
+    Some((fd, now))
 }
 
 fn valid_id(id: &str) -> bool {
@@ -246,10 +270,80 @@ impl GateServers {
     /// Sockets go to `base/<container id>/gate.sock`; stop requests go to the core's `inbox`.
     pub fn new(base: PathBuf, inbox: Inbox) -> GateServers {
         GateServers {
+            records: Records::new(&base),
             base,
             inbox,
             entries: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Writes the record of a gated container (atomically; see [`state`]).
+    pub fn save(&self, record: &GateRecord) -> Result<(), GateError> {
+        if !valid_id(&record.id) {
+            return Err(GateError::BadContainerId {
+                id: record.id.clone(),
+            });
+        }
+        self.records.save(record).map_err(GateError::State)
+    }
+
+    /// After the plugin (re)started: re-opens the socket of every recorded container whose
+    /// init process is still the one recorded (or which has not started yet), so that its
+    /// gate reaches this process at its next stop signal, and removes the records and
+    /// directories of the others. `init_pid` names the init process of a container whose
+    /// record does not (started just before the plugin stopped), e.g. from its bundle.
+    pub fn recover(&self, init_pid: &dyn Fn(&str) -> Option<u32>) -> Vec<Recovered> {
+        let mut recovered = Vec::new();
+        for id in self.records.ids() {
+            if !valid_id(&id) {
+                let _ = self.records.remove(&id);
+                continue;
+            }
+            let mut record = match self.records.load(&id) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(container = %id, error = %e, "unreadable gate record removed");
+                    self.remove(&id);
+                    continue;
+                }
+            };
+            let (pid, start) = if record.pid != 0 {
+                (record.pid, Some(record.start_time))
+            } else {
+                (init_pid(&id).unwrap_or(0), None)
+            };
+            let init = if pid != 0 {
+                match verified_init(pid, start) {
+                    Some((fd, now)) => {
+                        if record.pid == 0 {
+                            record.pid = pid;
+                            record.start_time = now;
+                            if let Err(e) = self.save(&record) {
+                                warn!(container = %id, error = %e, "cannot update the gate record");
+                            }
+                        }
+                        Some(Arc::new(fd))
+                    }
+                    None => {
+                        debug!(container = %id, pid, "recorded container is gone: its gate state is removed");
+                        self.remove(&id);
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            if let Err(e) = self.open(&id) {
+                warn!(container = %id, error = %e, "cannot re-open the gate socket");
+            } else if let Some(fd) = &init {
+                if let Err(e) = self.set_init_pid(&id, fd.pid()) {
+                    warn!(container = %id, error = %e, "gate socket cannot know its container");
+                }
+            }
+            recovered.push(Recovered { record, init });
+        }
+        recovered
     }
 
     /// The host directory holding a container's socket (the source of its bind mount).
@@ -377,6 +471,9 @@ impl GateServers {
             }
             _ => {}
         }
+        if let Err(e) = self.records.remove(container_id) {
+            warn!(container = %container_id, error = %e, "cannot remove gate record");
+        }
     }
 
     /// After a plugin restart (`Synchronize`): re-creates the sockets of gated containers that
@@ -418,6 +515,11 @@ impl GateServers {
                 if !keep.contains(&name) && valid_id(&name) {
                     self.remove(&name);
                 }
+            }
+        }
+        for id in self.records.ids() {
+            if !keep.contains(&id) {
+                self.remove(&id);
             }
         }
         failed
