@@ -9,6 +9,7 @@
 //! - [`confinement`]: what else confines them (the seccomp filter, the OOM score
 //!   adjustment), from the bundle's OCI spec; fails closed.
 //! - [`seccomp`]: an OCI seccomp profile compiled into a BPF program with libseccomp.
+//! - [`libseccomp`]: the few functions of libseccomp used, loaded at run time.
 //! - [`enter`]: starting a command inside a container (the exec hook's engine).
 //! - [`netsock`]: sockets created inside a network namespace.
 //! - [`sys`]: the few reads of `/proc` behind a trait, with a recording fake for unit tests.
@@ -16,6 +17,7 @@
 pub mod confinement;
 pub mod enter;
 pub mod identity;
+pub mod libseccomp;
 pub mod namespace;
 pub mod netsock;
 pub mod pidfd;
