@@ -1,6 +1,6 @@
-//! What confines a container's processes beyond their identity: its seccomp filter and its OOM
-//! score adjustment, read from the OCI spec the runtime runs it with (the bundle's
-//! `config.json`).
+//! What confines a container's processes beyond their identity: its seccomp filter, its OOM
+//! score adjustment and its LSM labels (AppArmor profile, SELinux label), read from the OCI
+//! spec the runtime runs it with (the bundle's `config.json`).
 //!
 //! The bundle is the source of truth: when it can be read, what the runtime sent over NRI is
 //! not consulted (the two should agree; when they do not, the spec runc was given wins).
@@ -8,7 +8,9 @@
 //! This fails closed: an exec hook must never run with less confinement than the container.
 //! When the spec cannot be read (no bundle known, the file missing or unreadable, not JSON),
 //! the runtime's NRI data stands in only if it settles the question: the seccomp policy
-//! itself (NRI v0.10 runtimes send it), or a profile that says "unconfined". Otherwise, and
+//! itself (NRI v0.10 runtimes send it), or a profile that says "unconfined"; the LSM labels,
+//! which NRI does not carry, are then those the container's init runs with (see
+//! [`super::lsm::Labels::of_process`]). Otherwise, and
 //! whenever a `linux.seccomp` cannot be translated or loaded by us, the hook does not run and
 //! the error says why. Only a spec (or runtime) that says so means "no filter".
 //!
@@ -22,18 +24,22 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use serde::Deserialize as _;
 
+use super::lsm::Labels;
 use super::seccomp::{self, Filter, Profile};
 use super::sys::Sys;
 use super::Error;
 use crate::model::{ProcessSpec, RuntimeSeccomp};
 
-/// The container's seccomp filter (compiled) and OOM score adjustment.
+/// The container's seccomp filter (compiled), OOM score adjustment and LSM labels.
 #[derive(Debug, Default)]
 pub struct Confinement {
     /// `None`: the spec has no `linux.seccomp`.
     pub seccomp: Option<Arc<Filter>>,
     /// `process.oomScoreAdj`; `None` when the spec sets none.
     pub oom_score_adj: Option<i32>,
+    /// `process.apparmorProfile` and `process.selinuxLabel`; `None` when the spec could not
+    /// be read (those of the container's init are taken then).
+    pub labels: Option<Labels>,
 }
 
 fn oom(v: Option<i64>, what: impl FnOnce(i64) -> Error) -> Result<Option<i32>, Error> {
@@ -86,6 +92,7 @@ impl Confinement {
         Ok(Confinement {
             seccomp,
             oom_score_adj,
+            labels: None,
         })
     }
 
@@ -114,9 +121,22 @@ impl Confinement {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => oom(Some(v.as_i64().ok_or_else(|| bad_oom(v))?), |n| bad_oom(&n))?,
         };
+        let label = |pointer: &str| match spec.pointer(pointer) {
+            None | Some(serde_json::Value::Null) => Ok(String::new()),
+            Some(serde_json::Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(Error::Parse {
+                path: config.to_owned(),
+                reason: format!("{pointer} is not a string: {other}"),
+            }),
+        };
+        let labels = Labels {
+            apparmor_profile: label("/process/apparmorProfile")?,
+            selinux_label: label("/process/selinuxLabel")?,
+        };
         Ok(Confinement {
             seccomp,
             oom_score_adj,
+            labels: Some(labels),
         })
     }
 }
@@ -159,6 +179,7 @@ mod tests {
         let c = confinement(r#"{"process":{"args":["sh"]},"linux":{}}"#).unwrap();
         assert!(c.seccomp.is_none());
         assert_eq!(c.oom_score_adj, None);
+        assert_eq!(c.labels, Some(Labels::default()));
         let c = confinement(r#"{"linux":{"seccomp":null}}"#).unwrap();
         assert!(c.seccomp.is_none());
     }
@@ -173,6 +194,32 @@ mod tests {
         .unwrap();
         assert!(!c.seccomp.unwrap().program().is_empty());
         assert_eq!(c.oom_score_adj, Some(-997));
+    }
+
+    #[test]
+    fn lsm_labels_are_read() {
+        let c = confinement(
+            r#"{"process":{"apparmorProfile":"cri-containerd.apparmor.d",
+                "selinuxLabel":"system_u:system_r:container_t:s0:c1,c2"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.labels,
+            Some(Labels {
+                apparmor_profile: "cri-containerd.apparmor.d".into(),
+                selinux_label: "system_u:system_r:container_t:s0:c1,c2".into(),
+            })
+        );
+        let err = confinement(r#"{"process":{"apparmorProfile":7}}"#).unwrap_err();
+        assert!(err.to_string().contains("apparmorProfile"), "{err}");
+        // without the spec: not known (the init's are taken)
+        let sys = FakeSys::default();
+        let unconfined = ProcessSpec {
+            seccomp: RuntimeSeccomp::Unconfined,
+            ..Default::default()
+        };
+        let c = Confinement::resolve(&sys, 9, None, Some(&unconfined)).unwrap();
+        assert_eq!(c.labels, None);
     }
 
     #[test]

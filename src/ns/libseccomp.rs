@@ -106,7 +106,9 @@ fn dl_error() -> String {
         "unknown error".into()
     } else {
         // SAFETY: non-NULL, NUL-terminated, valid until the next dl* call on this thread.
-        unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(msg) }
+            .to_string_lossy()
+            .into_owned()
     }
 }
 

@@ -457,10 +457,7 @@ mod tests {
     fn containerd_default_shape_translates_as_runc_would() {
         let rules = Rules::from_profile(&profile(CONTAINERD_SHAPE), fake_resolve).unwrap();
         assert_eq!(rules.default, Action::Errno(1));
-        assert_eq!(
-            rules.arches,
-            vec!["x86_64", "x86", "x32"]
-        );
+        assert_eq!(rules.arches, vec!["x86_64", "x86", "x32"]);
         assert_eq!(rules.flags, 0);
         assert_eq!(rules.skipped, vec!["not_a_syscall_anywhere".to_string()]);
         let cond = |index, op, datum| Cond { index, op, datum };
