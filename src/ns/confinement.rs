@@ -16,7 +16,9 @@
 //!
 //! Compiling a profile the size of containerd's default one takes libseccomp about 20 ms, so
 //! compiled filters are kept, by the exact text of their profile, in a small process-wide
-//! cache: every container that runs the runtime's default profile shares one program.
+//! cache: every container that runs the runtime's default profile shares one program. What a
+//! spec works out to is kept too, by the spec's exact bytes: a container's later hooks read
+//! its `config.json` but neither parse it nor compile anything.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -31,7 +33,7 @@ use super::Error;
 use crate::model::{ProcessSpec, RuntimeSeccomp};
 
 /// The container's seccomp filter (compiled), OOM score adjustment and LSM labels.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Confinement {
     /// `None`: the spec has no `linux.seccomp`.
     pub seccomp: Option<Arc<Filter>>,
@@ -98,6 +100,10 @@ impl Confinement {
 
     /// The confinement in the text of an OCI `config.json` (`config` names it in errors).
     pub fn from_config(pid: u32, config: &Path, bytes: &[u8]) -> Result<Self, Error> {
+        remembered(bytes, || Confinement::parse_config(pid, config, bytes))
+    }
+
+    fn parse_config(pid: u32, config: &Path, bytes: &[u8]) -> Result<Self, Error> {
         let spec: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| Error::NoSpec {
             pid,
             reason: format!("parsing {}: {e}", config.display()),
@@ -147,6 +153,29 @@ const CACHED: usize = 32;
 
 static COMPILED: LazyLock<Mutex<HashMap<String, Arc<Filter>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Confinements worked out, by the exact bytes of the spec they came from.
+static BY_SPEC: LazyLock<Mutex<HashMap<Vec<u8>, Confinement>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The confinement of the spec `bytes`: worked out by `work` the first time, then remembered
+/// (failures are not: they are worked out, and reported, again).
+fn remembered(
+    bytes: &[u8],
+    work: impl FnOnce() -> Result<Confinement, Error>,
+) -> Result<Confinement, Error> {
+    let cache = || BY_SPEC.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(known) = cache().get(bytes) {
+        return Ok(known.clone());
+    }
+    let confinement = work()?;
+    let mut cache = cache();
+    if cache.len() >= CACHED {
+        cache.clear();
+    }
+    cache.insert(bytes.to_vec(), confinement.clone());
+    Ok(confinement)
+}
 
 /// The filter of `profile`, compiled now or taken from the cache. The key is the profile's
 /// whole text, so two profiles share a program only when they are equal.
@@ -235,6 +264,31 @@ mod tests {
         let c = confinement(&spec(4)).unwrap().seccomp.unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(&a, &c));
+    }
+
+    #[test]
+    fn a_spec_is_worked_out_once() {
+        let spec = br#"{"process":{"oomScoreAdj":11},"worked-out-once":1}"#;
+        let first =
+            remembered(spec, || Confinement::parse_config(9, Path::new("/b"), spec)).unwrap();
+        assert_eq!(first.oom_score_adj, Some(11));
+        let again = remembered(spec, || panic!("the same spec is parsed again")).unwrap();
+        assert_eq!(again.oom_score_adj, Some(11));
+        // through the public door as well, and the filter is the very same program
+        let spec = r#"{"linux":{"seccomp":{"defaultAction":"SCMP_ACT_ALLOW",
+            "syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO","errnoRet":9}]}}}"#;
+        let a = confinement(spec).unwrap().seccomp.unwrap();
+        let b = confinement(spec).unwrap().seccomp.unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        // failures are not remembered
+        let bad = b"{not json, worked out once}";
+        assert!(remembered(bad, || Confinement::parse_config(9, Path::new("/b"), bad)).is_err());
+        let mut called = false;
+        let _ = remembered(bad, || {
+            called = true;
+            Confinement::parse_config(9, Path::new("/b"), bad)
+        });
+        assert!(called);
     }
 
     #[test]
