@@ -14,8 +14,8 @@ CARGO       ?= cargo
 CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TARGET_DIR
 RELEASE_BIN := $(CARGO_TARGET_DIR)/release/nri-lifecycle
-# The container image: a statically linked build (glibc with crt-static, libseccomp.a) of the
-# plugin alone.
+# The container image: a statically linked build (glibc with crt-static, libseccomp.a linked
+# in with the static-seccomp feature, as a static binary cannot dlopen) of the plugin alone.
 VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 # containerd looks up `nri-lifecycle:0.1.0` of a pod spec as docker.io/library/nri-lifecycle:0.1.0.
 IMAGE_NAME  ?= docker.io/library/nri-lifecycle:$(VERSION)
@@ -35,9 +35,8 @@ release: ## optimised, stripped plugin binary at target/release/nri-lifecycle
 	$(CARGO) build --release --bin nri-lifecycle
 
 static: deps ## statically linked plugin binary (for the image) at target/$(STATIC_TARGET)/release/nri-lifecycle
-	RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static \
-		LIBSECCOMP_LIB_PATH="$(dir $(shell $${CC:-cc} -print-file-name=libseccomp.a))" \
-		$(CARGO) build --release --target $(STATIC_TARGET) --bin nri-lifecycle
+	RUSTFLAGS="-C target-feature=+crt-static -L native=$(dir $(shell $${CC:-cc} -print-file-name=libseccomp.a))" \
+		$(CARGO) build --release --target $(STATIC_TARGET) --features static-seccomp --bin nri-lifecycle
 
 image: static ## OCI image archive of the static plugin at target/image/nri-lifecycle.tar (name: IMAGE_NAME)
 	bash packaging/build-image.sh $(STATIC_BIN) $(IMAGE_TAR) $(IMAGE_NAME)

@@ -10,7 +10,7 @@
 //!
 //! bench_probe hooks
 //!     Reads commands on stdin, one per line, and answers one line each:
-//!       target FILE        the container to hook: JSON {pid, pod_id, pod_name, pod_ip, spec}
+//!       target FILE        the container to hook: JSON {pid, pod_id, pod_name, pod_ip, spec, bundle}
 //!                          where spec is the container's OCI runtime spec   → "ok"
 //!       exec ARG...        runs an exec hook through the plugin's own runner → "ok NANOS" | "err NANOS REASON"
 //!       http PORT PATH     runs an httpGet hook through the plugin's runner  → same
@@ -399,7 +399,8 @@ fn target_from(file: &Path) -> Res<Target> {
         container_id: container.id.clone(),
         init: Some(std::sync::Arc::new(init)),
         process: Some(container.process.clone()),
-        bundle: None,
+        // As the plugin finds it: the spec is read from the bundle on every hook.
+        bundle: v["bundle"].as_str().map(PathBuf::from),
         pod_ips: pod.ips.clone(),
         pod_netns: pod.netns_path().map(PathBuf::from),
         pod_namespace: pod.namespace.clone(),

@@ -163,7 +163,9 @@ async fn start_plugin_container(
 }
 
 /// A pod with one container `app`: the test app, which records its SIGTERM in
-/// /shared/term, with the given container annotations.
+/// /shared/term, with the given container annotations. It runs the runtime's default seccomp
+/// profile, so its exec hooks load a filter compiled by the image's statically linked
+/// libseccomp.
 async fn start_app(
     node: &Node,
     cri: &mut Cri,
@@ -174,6 +176,7 @@ async fn start_app(
     let shared = node.host_dir(name).expect("host dir");
     let mut spec = ContainerSpec {
         args: vec!["--term-file".into(), "/shared/term".into()],
+        seccomp: Some(nri_harness::cri::Seccomp::RuntimeDefault),
         ..ContainerSpec::new("app", images::BUSYBOX, &["/testapp"])
     }
     .mount(&node.install().testapp(), "/testapp", true)
@@ -310,7 +313,7 @@ async fn daemonset_runs_the_plugin_from_its_image() {
             &[
                 (
                     "poststart.lifecycle.nri.io/container.app",
-                    r#"{"exec":{"command":["/testapp","write","/shared/poststart","{now}"]}}"#,
+                    r#"{"exec":{"command":["sh","-c","grep Seccomp: /proc/self/status > /shared/poststart"]}}"#,
                 ),
                 ("prestop.lifecycle.nri.io/container.app", PRESTOP),
             ],
@@ -327,6 +330,12 @@ async fn daemonset_runs_the_plugin_from_its_image() {
                 nri_harness::cri::log_text(&st)
             );
         }
+        // the hook ran under the container's filter (mode 2), compiled in the image's binary
+        assert_eq!(
+            ran.as_deref().map(str::trim),
+            Some("Seccomp:\t2"),
+            "{v}: the PostStart hook's seccomp mode"
+        );
         stop_held(v, "first instance", &mut cri, &app, &shared).await;
         cri.remove_container(&app).await.expect("remove app");
         cri.delete_pod(&app_pod).await.expect("delete app pod");
@@ -491,7 +500,7 @@ async fn image_imports_with_ctr() {
             plugin_config: None,
             ..NodeOptions::default()
         };
-        let mut node = Node::start_with(v, PluginMode::None, opts)
+        let node = Node::start_with(v, PluginMode::None, opts)
             .await
             .unwrap_or_else(|e| panic!("{v}: node did not start: {e}"));
         node.import_tar(&tar)

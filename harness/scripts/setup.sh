@@ -4,8 +4,11 @@
 # - bookworm packages through the system's apt: runc, busybox-static, protobuf-compiler,
 #   iproute2, debian-archive-keyring, libseccomp-dev, systemd (only when missing). protoc
 #   is for the harness alone: its CRI client crate (k8s-cri) generates its code with it; the
-#   plugin builds without, but links libseccomp. systemd is for `systemd-analyze verify` of
-#   the packaged unit: installing it does not start it, nor need it as PID 1;
+#   plugin builds without. libseccomp-dev is for `make static` alone (libseccomp.a, linked
+#   into the image's static binary); the default build needs only cargo and loads
+#   libseccomp.so.2 (libseccomp2, which runc depends on too) at run time. systemd is for
+#   `systemd-analyze verify` of the packaged unit: installing it does not start it, nor need
+#   it as PID 1;
 # - containerd 1.7 (trixie), containerd 2.1 (sid) and the CNI plugins (sid) as .deb files,
 #   fetched through a private apt configuration and unpacked with `dpkg -x` into the cache
 #   (the system's packages are never touched);

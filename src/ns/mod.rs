@@ -9,6 +9,8 @@
 //! - [`confinement`]: what else confines them (the seccomp filter, the OOM score
 //!   adjustment), from the bundle's OCI spec; fails closed.
 //! - [`seccomp`]: an OCI seccomp profile compiled into a BPF program with libseccomp.
+//! - [`libseccomp`]: the few functions of libseccomp used, loaded at run time.
+//! - [`lsm`]: the AppArmor profile and SELinux label, as `runc exec` applies them.
 //! - [`enter`]: starting a command inside a container (the exec hook's engine).
 //! - [`netsock`]: sockets created inside a network namespace.
 //! - [`sys`]: the few reads of `/proc` behind a trait, with a recording fake for unit tests.
@@ -16,6 +18,8 @@
 pub mod confinement;
 pub mod enter;
 pub mod identity;
+pub mod libseccomp;
+pub mod lsm;
 pub mod namespace;
 pub mod netsock;
 pub mod pidfd;
@@ -72,6 +76,8 @@ pub enum Error {
          ({reason}): nothing runs unconfined"
     )]
     RuntimeSeccomp { pid: u32, reason: String },
+    #[error("{reason} (container of pid {pid}): nothing runs unconfined")]
+    Lsm { pid: u32, reason: String },
     #[error("network namespace {netns}: {reason}")]
     Netns { netns: String, reason: String },
 }

@@ -5,6 +5,8 @@
 //! conditions, which names are skipped, the filter flags); [`Rules::compile`] hands the rules to
 //! libseccomp and exports the program as `sock_filter` instructions. The program is compiled in
 //! the plugin, before any fork; the hook process only loads it with one `seccomp(2)` call.
+//! libseccomp itself is loaded at run time, the first time a profile is compiled (see
+//! [`super::libseccomp`]): without it, compiling fails and so does the hook.
 //!
 //! What mirrors runc: `SCMP_ACT_KILL` is `KILL_THREAD`; `SCMP_ACT_ERRNO` and `SCMP_ACT_TRACE`
 //! without `errnoRet` return `EPERM`; a rule whose action is the default action is skipped; a
@@ -17,25 +19,87 @@
 //! that system calls newer than the profile fail with `ENOSYS`; this program gives them the
 //! default action instead (stricter, never looser).
 
+use std::ffi::CString;
 use std::io::{Read, Seek};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use super::libseccomp::{self, ArgCmp, Context, Lib};
 pub use crate::model::{SeccompArg as Arg, SeccompProfile as Profile};
-use libseccomp::{
-    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
-};
 
 /// The most instructions the kernel accepts in one filter (`BPF_MAXINSNS`).
 const MAX_INSNS: usize = 4096;
 /// System calls have at most six arguments.
 const MAX_ARGS: u32 = 6;
 
+/// What a rule (or the default) does, as libseccomp encodes it (`SCMP_ACT_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    KillThread,
+    KillProcess,
+    Trap,
+    /// Fail the call with this errno.
+    Errno(u16),
+    /// Notify a tracer with this value.
+    Trace(u16),
+    Allow,
+    Log,
+}
+
+impl Action {
+    /// The `SCMP_ACT_*` value libseccomp takes.
+    pub fn raw(self) -> u32 {
+        match self {
+            Action::KillThread => 0,
+            Action::KillProcess => 0x8000_0000,
+            Action::Trap => 0x0003_0000,
+            Action::Errno(e) => 0x0005_0000 | u32::from(e),
+            Action::Trace(v) => 0x7ff0_0000 | u32::from(v),
+            Action::Log => 0x7ffc_0000,
+            Action::Allow => 0x7fff_0000,
+        }
+    }
+}
+
+/// How an argument is compared (`enum scmp_compare`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareOp {
+    NotEqual,
+    Less,
+    LessOrEqual,
+    Equal,
+    GreaterEqual,
+    Greater,
+    /// `(arg & mask) == datum`, with the mask.
+    MaskedEqual(u64),
+}
+
 /// One condition on an argument, as libseccomp takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cond {
     pub index: u32,
-    pub op: ScmpCompareOp,
+    pub op: CompareOp,
     pub datum: u64,
+}
+
+impl Cond {
+    /// The `struct scmp_arg_cmp` of this condition.
+    pub fn raw(self) -> ArgCmp {
+        let (op, datum_a, datum_b) = match self.op {
+            CompareOp::NotEqual => (1, self.datum, 0),
+            CompareOp::Less => (2, self.datum, 0),
+            CompareOp::LessOrEqual => (3, self.datum, 0),
+            CompareOp::Equal => (4, self.datum, 0),
+            CompareOp::GreaterEqual => (5, self.datum, 0),
+            CompareOp::Greater => (6, self.datum, 0),
+            CompareOp::MaskedEqual(mask) => (7, mask, self.datum),
+        };
+        ArgCmp {
+            arg: self.index,
+            op,
+            datum_a,
+            datum_b,
+        }
+    }
 }
 
 /// One rule for libseccomp: the system call, its action and the conditions that must all hold.
@@ -43,15 +107,16 @@ pub struct Cond {
 pub struct Rule {
     pub name: String,
     pub syscall: i32,
-    pub action: ScmpAction,
+    pub action: Action,
     pub conds: Vec<Cond>,
 }
 
 /// A profile decided: what libseccomp is given, and the flags of `seccomp(2)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rules {
-    pub default: ScmpAction,
-    pub arches: Vec<ScmpArch>,
+    pub default: Action,
+    /// Architectures by libseccomp's names (`x86_64`, `aarch64`, ...).
+    pub arches: Vec<&'static str>,
     pub rules: Vec<Rule>,
     /// `SECCOMP_FILTER_FLAG_*` bits for the load.
     pub flags: libc::c_ulong,
@@ -86,7 +151,7 @@ impl std::fmt::Debug for Filter {
     }
 }
 
-fn action(name: &str, errno_ret: Option<u32>) -> Result<ScmpAction, String> {
+fn action(name: &str, errno_ret: Option<u32>) -> Result<Action, String> {
     let code = |what: &str| -> Result<u16, String> {
         match errno_ret {
             None => Ok(libc::EPERM as u16),
@@ -94,13 +159,13 @@ fn action(name: &str, errno_ret: Option<u32>) -> Result<ScmpAction, String> {
         }
     };
     Ok(match name {
-        "SCMP_ACT_KILL" | "SCMP_ACT_KILL_THREAD" => ScmpAction::KillThread,
-        "SCMP_ACT_KILL_PROCESS" => ScmpAction::KillProcess,
-        "SCMP_ACT_TRAP" => ScmpAction::Trap,
-        "SCMP_ACT_ERRNO" => ScmpAction::Errno(code("errnoRet")?.into()),
-        "SCMP_ACT_TRACE" => ScmpAction::Trace(code("trace")?),
-        "SCMP_ACT_ALLOW" => ScmpAction::Allow,
-        "SCMP_ACT_LOG" => ScmpAction::Log,
+        "SCMP_ACT_KILL" | "SCMP_ACT_KILL_THREAD" => Action::KillThread,
+        "SCMP_ACT_KILL_PROCESS" => Action::KillProcess,
+        "SCMP_ACT_TRAP" => Action::Trap,
+        "SCMP_ACT_ERRNO" => Action::Errno(code("errnoRet")?),
+        "SCMP_ACT_TRACE" => Action::Trace(code("trace")?),
+        "SCMP_ACT_ALLOW" => Action::Allow,
+        "SCMP_ACT_LOG" => Action::Log,
         "SCMP_ACT_NOTIFY" => {
             return Err("SCMP_ACT_NOTIFY needs the runtime's seccomp agent, \
                  which an exec hook cannot reach"
@@ -110,19 +175,54 @@ fn action(name: &str, errno_ret: Option<u32>) -> Result<ScmpAction, String> {
     })
 }
 
+/// The architectures of the OCI spec (`SCMP_ARCH_*`) by libseccomp's names for them.
+const ARCHES: &[(&str, &str)] = &[
+    ("SCMP_ARCH_X86", "x86"),
+    ("SCMP_ARCH_X86_64", "x86_64"),
+    ("SCMP_ARCH_X32", "x32"),
+    ("SCMP_ARCH_ARM", "arm"),
+    ("SCMP_ARCH_AARCH64", "aarch64"),
+    ("SCMP_ARCH_LOONGARCH64", "loongarch64"),
+    ("SCMP_ARCH_M68K", "m68k"),
+    ("SCMP_ARCH_MIPS", "mips"),
+    ("SCMP_ARCH_MIPS64", "mips64"),
+    ("SCMP_ARCH_MIPS64N32", "mips64n32"),
+    ("SCMP_ARCH_MIPSEL", "mipsel"),
+    ("SCMP_ARCH_MIPSEL64", "mipsel64"),
+    ("SCMP_ARCH_MIPSEL64N32", "mipsel64n32"),
+    ("SCMP_ARCH_PPC", "ppc"),
+    ("SCMP_ARCH_PPC64", "ppc64"),
+    ("SCMP_ARCH_PPC64LE", "ppc64le"),
+    ("SCMP_ARCH_S390", "s390"),
+    ("SCMP_ARCH_S390X", "s390x"),
+    ("SCMP_ARCH_PARISC", "parisc"),
+    ("SCMP_ARCH_PARISC64", "parisc64"),
+    ("SCMP_ARCH_RISCV64", "riscv64"),
+    ("SCMP_ARCH_SH", "sh"),
+    ("SCMP_ARCH_SHEB", "sheb"),
+];
+
+fn arch(name: &str) -> Result<&'static str, String> {
+    ARCHES
+        .iter()
+        .find(|(spec, _)| *spec == name)
+        .map(|(_, lib)| *lib)
+        .ok_or_else(|| format!("unknown architecture {name:?}"))
+}
+
 fn operator(arg: &Arg) -> Result<Cond, String> {
     if arg.index >= MAX_ARGS {
         return Err(format!("argument index {} is out of range", arg.index));
     }
     let (op, datum) = match arg.op.as_str() {
-        "SCMP_CMP_NE" => (ScmpCompareOp::NotEqual, arg.value),
-        "SCMP_CMP_LT" => (ScmpCompareOp::Less, arg.value),
-        "SCMP_CMP_LE" => (ScmpCompareOp::LessOrEqual, arg.value),
-        "SCMP_CMP_EQ" => (ScmpCompareOp::Equal, arg.value),
-        "SCMP_CMP_GE" => (ScmpCompareOp::GreaterEqual, arg.value),
-        "SCMP_CMP_GT" => (ScmpCompareOp::Greater, arg.value),
+        "SCMP_CMP_NE" => (CompareOp::NotEqual, arg.value),
+        "SCMP_CMP_LT" => (CompareOp::Less, arg.value),
+        "SCMP_CMP_LE" => (CompareOp::LessOrEqual, arg.value),
+        "SCMP_CMP_EQ" => (CompareOp::Equal, arg.value),
+        "SCMP_CMP_GE" => (CompareOp::GreaterEqual, arg.value),
+        "SCMP_CMP_GT" => (CompareOp::Greater, arg.value),
         // `value` is the mask, `valueTwo` what the masked argument must equal
-        "SCMP_CMP_MASKED_EQ" => (ScmpCompareOp::MaskedEqual(arg.value), arg.value_two),
+        "SCMP_CMP_MASKED_EQ" => (CompareOp::MaskedEqual(arg.value), arg.value_two),
         other => return Err(format!("unknown operator {other:?}")),
     };
     Ok(Cond {
@@ -143,7 +243,7 @@ fn flag(name: &str) -> Result<libc::c_ulong, String> {
 
 impl Rules {
     /// Decides the filter of `profile`. `resolve` maps a system call name to its number on
-    /// this machine (`None`: unknown, the name is skipped); production passes [`resolve`].
+    /// this machine (`None`: unknown, the name is skipped); production passes libseccomp's.
     pub fn from_profile(
         profile: &Profile,
         resolve: impl Fn(&str) -> Option<i32>,
@@ -154,10 +254,7 @@ impl Rules {
             .architectures
             .iter()
             .flatten()
-            .map(|a| {
-                a.parse::<ScmpArch>()
-                    .map_err(|_| format!("unknown architecture {a:?}"))
-            })
+            .map(|a| arch(a))
             .collect::<Result<Vec<_>, _>>()?;
         let flags = profile
             .flags
@@ -217,30 +314,34 @@ impl Rules {
         })
     }
 
-    /// Compiles the rules with libseccomp and exports the program.
-    pub fn compile(&self) -> Result<Filter, String> {
-        let lib =
-            |what: &str, e: libseccomp::error::SeccompError| format!("libseccomp {what}: {e}");
-        let mut ctx = ScmpFilterContext::new(self.default).map_err(|e| lib("init", e))?;
-        for arch in &self.arches {
-            ctx.add_arch(*arch)
-                .map_err(|e| lib("add architecture", e))?;
+    /// Compiles the rules with libseccomp `lib` and exports the program.
+    pub fn compile(&self, lib: &Lib) -> Result<Filter, String> {
+        let mut ctx = Context::new(lib, self.default.raw())?;
+        for name in &self.arches {
+            let c = CString::new(*name).map_err(|e| e.to_string())?;
+            // SAFETY: a valid C string; returns the architecture's token or 0.
+            let token = unsafe { (lib.arch_resolve_name)(c.as_ptr()) };
+            if token == 0 {
+                return Err(format!(
+                    "libseccomp does not know the architecture {name:?}"
+                ));
+            }
+            ctx.add_arch(token)?;
         }
         if self.rules.len() > 32 {
             // A binary tree of system call numbers; an error only means an older libseccomp.
-            let _ = ctx.set_ctl_optimize(2);
+            let _ = ctx.set_attr(libseccomp::ATTR_CTL_OPTIMIZE, 2);
         }
         for rule in &self.rules {
-            let syscall = ScmpSyscall::from(rule.syscall);
-            let conds: Vec<ScmpArgCompare> = rule
-                .conds
-                .iter()
-                .map(|c| ScmpArgCompare::new(c.index, c.op, c.datum))
-                .collect();
-            ctx.add_rule_conditional(rule.action, syscall, &conds)
-                .map_err(|e| lib(&format!("rule for {}", rule.name), e))?;
+            let conds: Vec<ArgCmp> = rule.conds.iter().map(|c| c.raw()).collect();
+            ctx.add_rule(
+                &format!("rule for {}", rule.name),
+                rule.action.raw(),
+                rule.syscall,
+                &conds,
+            )?;
         }
-        let bytes = export(&ctx).map_err(|e| format!("exporting the program: {e}"))?;
+        let bytes = export(&ctx)?;
         let size = std::mem::size_of::<libc::sock_filter>();
         if bytes.is_empty() || bytes.len() % size != 0 || bytes.len() / size > MAX_INSNS {
             return Err(format!(
@@ -266,29 +367,39 @@ impl Rules {
 
 /// The number of `name` on this machine's architecture, `None` when libseccomp does not
 /// know it.
-pub fn resolve(name: &str) -> Option<i32> {
-    let n = i32::from(ScmpSyscall::from_name(name).ok()?);
+pub fn resolve(lib: &Lib, name: &str) -> Option<i32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: a valid C string; returns a number, negative when unknown.
+    let n = unsafe { (lib.syscall_resolve_name)(c.as_ptr()) };
     (n >= 0).then_some(n)
 }
 
-/// Compiles `profile` for this machine.
+/// Compiles `profile` for this machine with libseccomp, loading it the first time. Fails
+/// (and so does the hook) when libseccomp cannot be loaded.
 pub fn compile(profile: &Profile) -> Result<Filter, String> {
-    Rules::from_profile(profile, resolve)?.compile()
+    compile_with(libseccomp::library(), profile)
+}
+
+/// Compiles `profile` with `lib`, or fails with why there is none.
+pub fn compile_with(lib: Result<&Lib, String>, profile: &Profile) -> Result<Filter, String> {
+    let lib = lib?;
+    Rules::from_profile(profile, |name| resolve(lib, name))?.compile(lib)
 }
 
 /// The program as bytes, through an anonymous memory file.
-fn export(ctx: &ScmpFilterContext) -> std::io::Result<Vec<u8>> {
+fn export(ctx: &Context<'_>) -> Result<Vec<u8>, String> {
+    let io = |e: std::io::Error| format!("exporting the program: {e}");
     // SAFETY: memfd_create with a static C string; returns a new fd or -1.
     let fd = unsafe { libc::memfd_create(c"nri-lifecycle-seccomp".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(io(std::io::Error::last_os_error()));
     }
     // SAFETY: freshly created for us and owned by nobody else.
     let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    ctx.export_bpf(&file).map_err(std::io::Error::other)?;
-    file.rewind()?;
+    ctx.export_bpf(file.as_raw_fd())?;
+    file.rewind().map_err(io)?;
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
+    file.read_to_end(&mut bytes).map_err(io)?;
     Ok(bytes)
 }
 
@@ -345,11 +456,8 @@ mod tests {
     #[test]
     fn containerd_default_shape_translates_as_runc_would() {
         let rules = Rules::from_profile(&profile(CONTAINERD_SHAPE), fake_resolve).unwrap();
-        assert_eq!(rules.default, ScmpAction::Errno(1));
-        assert_eq!(
-            rules.arches,
-            vec![ScmpArch::X8664, ScmpArch::X86, ScmpArch::X32]
-        );
+        assert_eq!(rules.default, Action::Errno(1));
+        assert_eq!(rules.arches, vec!["x86_64", "x86", "x32"]);
         assert_eq!(rules.flags, 0);
         assert_eq!(rules.skipped, vec!["not_a_syscall_anywhere".to_string()]);
         let cond = |index, op, datum| Cond { index, op, datum };
@@ -363,23 +471,23 @@ mod tests {
         assert_eq!(
             personality,
             vec![
-                vec![cond(0, ScmpCompareOp::Equal, 0)],
-                vec![cond(0, ScmpCompareOp::Equal, 8)],
-                vec![cond(0, ScmpCompareOp::Equal, 0xffff_ffff)],
+                vec![cond(0, CompareOp::Equal, 0)],
+                vec![cond(0, CompareOp::Equal, 8)],
+                vec![cond(0, CompareOp::Equal, 0xffff_ffff)],
             ]
         );
         // masked equality: value is the mask, valueTwo the expected bits
         assert_eq!(
             of("clone")[0].conds,
-            vec![cond(0, ScmpCompareOp::MaskedEqual(2114060288), 0)]
+            vec![cond(0, CompareOp::MaskedEqual(2114060288), 0)]
         );
-        assert_eq!(of("clone3")[0].action, ScmpAction::Errno(libc::ENOSYS));
+        assert_eq!(of("clone3")[0].action, Action::Errno(libc::ENOSYS as u16));
         // conditions on distinct arguments: one rule, all must hold
         assert_eq!(
             of("socket")[0].conds,
             vec![
-                cond(0, ScmpCompareOp::NotEqual, 40),
-                cond(2, ScmpCompareOp::Less, 3)
+                cond(0, CompareOp::NotEqual, 40),
+                cond(2, CompareOp::Less, 3)
             ]
         );
         assert_eq!(of("socket").len(), 1);
@@ -388,6 +496,36 @@ mod tests {
         // and it compiles for this machine
         let filter = compile(&profile(CONTAINERD_SHAPE)).unwrap();
         assert!(filter.program().len() > 10);
+    }
+
+    #[test]
+    fn without_libseccomp_a_profile_fails_with_the_reason() {
+        let p = profile(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#);
+        let missing = "libseccomp.so.2 is not installed on this node: gone".to_string();
+        let err = compile_with(Err(missing.clone()), &p).unwrap_err();
+        assert_eq!(err, missing);
+        assert!(compile_with(libseccomp::library(), &p).is_ok());
+    }
+
+    #[test]
+    fn conditions_take_libseccomp_layout() {
+        let c = Cond {
+            index: 2,
+            op: CompareOp::MaskedEqual(0xf0),
+            datum: 0x20,
+        };
+        assert_eq!(
+            c.raw(),
+            ArgCmp {
+                arg: 2,
+                op: 7,
+                datum_a: 0xf0,
+                datum_b: 0x20
+            }
+        );
+        assert_eq!(std::mem::size_of::<ArgCmp>(), 24);
+        assert_eq!(Action::Errno(38).raw(), 0x0005_0026);
+        assert_eq!(Action::Trace(9).raw(), 0x7ff0_0009);
     }
 
     #[test]
@@ -400,15 +538,15 @@ mod tests {
             Rules::from_profile(&p, fake_resolve).map(|r| r.rules[0].action)
         };
         for (name, errno, want) in [
-            ("SCMP_ACT_KILL", "", ScmpAction::KillThread),
-            ("SCMP_ACT_KILL_THREAD", "", ScmpAction::KillThread),
-            ("SCMP_ACT_KILL_PROCESS", "", ScmpAction::KillProcess),
-            ("SCMP_ACT_TRAP", "", ScmpAction::Trap),
-            ("SCMP_ACT_ERRNO", "", ScmpAction::Errno(libc::EPERM)),
-            ("SCMP_ACT_ERRNO", r#","errnoRet":5"#, ScmpAction::Errno(5)),
-            ("SCMP_ACT_TRACE", "", ScmpAction::Trace(libc::EPERM as u16)),
-            ("SCMP_ACT_TRACE", r#","errnoRet":9"#, ScmpAction::Trace(9)),
-            ("SCMP_ACT_LOG", "", ScmpAction::Log),
+            ("SCMP_ACT_KILL", "", Action::KillThread),
+            ("SCMP_ACT_KILL_THREAD", "", Action::KillThread),
+            ("SCMP_ACT_KILL_PROCESS", "", Action::KillProcess),
+            ("SCMP_ACT_TRAP", "", Action::Trap),
+            ("SCMP_ACT_ERRNO", "", Action::Errno(libc::EPERM as u16)),
+            ("SCMP_ACT_ERRNO", r#","errnoRet":5"#, Action::Errno(5)),
+            ("SCMP_ACT_TRACE", "", Action::Trace(libc::EPERM as u16)),
+            ("SCMP_ACT_TRACE", r#","errnoRet":9"#, Action::Trace(9)),
+            ("SCMP_ACT_LOG", "", Action::Log),
         ] {
             assert_eq!(with_action(name, errno), Ok(want), "{name}{errno}");
         }
@@ -423,13 +561,13 @@ mod tests {
             .contains("unknown action"));
 
         for (op, value_two, want) in [
-            ("SCMP_CMP_NE", 0, ScmpCompareOp::NotEqual),
-            ("SCMP_CMP_LT", 0, ScmpCompareOp::Less),
-            ("SCMP_CMP_LE", 0, ScmpCompareOp::LessOrEqual),
-            ("SCMP_CMP_EQ", 0, ScmpCompareOp::Equal),
-            ("SCMP_CMP_GE", 0, ScmpCompareOp::GreaterEqual),
-            ("SCMP_CMP_GT", 0, ScmpCompareOp::Greater),
-            ("SCMP_CMP_MASKED_EQ", 6, ScmpCompareOp::MaskedEqual(7)),
+            ("SCMP_CMP_NE", 0, CompareOp::NotEqual),
+            ("SCMP_CMP_LT", 0, CompareOp::Less),
+            ("SCMP_CMP_LE", 0, CompareOp::LessOrEqual),
+            ("SCMP_CMP_EQ", 0, CompareOp::Equal),
+            ("SCMP_CMP_GE", 0, CompareOp::GreaterEqual),
+            ("SCMP_CMP_GT", 0, CompareOp::Greater),
+            ("SCMP_CMP_MASKED_EQ", 6, CompareOp::MaskedEqual(7)),
         ] {
             let p = profile(&format!(
                 r#"{{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{{"names":["read"],

@@ -98,6 +98,18 @@ pub fn exec(ours: &Samples, exec_sync: &Samples, nsenter: &Samples) -> Vec<Check
     ]
 }
 
+/// The plugin's exec runner in a container that runs the runtime's default seccomp profile
+/// (its filter loaded into every hook) against CRI ExecSync on that container: at least
+/// [`EXEC_SPEEDUP`] faster in the median.
+pub fn exec_seccomp(ours: &Samples, exec_sync: &Samples) -> Check {
+    Check::new(
+        "CRI ExecSync ÷ ours, RuntimeDefault seccomp, median",
+        Ratio::of(exec_sync.median(), ours.median()),
+        Cmp::AtLeast,
+        EXEC_SPEEDUP,
+    )
+}
+
 /// The plugin's httpGet runner against a plain GET from the host to the pod.
 pub fn http(ours: &Samples, plain: &Samples) -> Check {
     Check::new(
@@ -248,6 +260,19 @@ mod tests {
         // ours not measured: nothing to judge.
         let c = exec(&Samples::default(), &us(&[12_000]), &us(&[1_500]));
         assert_eq!(all_met(&c), None);
+    }
+
+    #[test]
+    fn exec_with_the_default_seccomp_profile_against_exec_sync() {
+        let ours = us(&[1_000; 5]);
+        let c = exec_seccomp(&ours, &us(&[10_000; 5]));
+        assert_eq!(c.met, Some(true), "{c}");
+        assert_eq!(
+            c.to_string(),
+            "CRI ExecSync ÷ ours, RuntimeDefault seccomp, median ≥ 10.00× — **met** (10.00×)"
+        );
+        assert_eq!(exec_seccomp(&ours, &us(&[9_900; 5])).met, Some(false));
+        assert_eq!(exec_seccomp(&Samples::default(), &ours).met, None);
     }
 
     #[test]

@@ -54,19 +54,25 @@ pub fn enter<S: Syscalls>(
     sys.enter_root(root).at(Step::EnterRoot)
 }
 
-/// The hook process, before exec: a new session; the bounding set reduced to the
-/// container's; groups, gid, then uid (capabilities kept across the uid change); the
-/// effective, permitted and inheritable sets; the ambient set; no_new_privs when the
-/// container has it; the working directory; the container's seccomp filter. Stops at the
-/// first failure.
+/// The hook process, before exec: a new session; the container's SELinux label for the
+/// exec; the bounding set reduced to the container's; groups, gid, then uid (capabilities
+/// kept across the uid change); the effective, permitted and inheritable sets; the ambient
+/// set; no_new_privs when the container has it; the working directory; the container's
+/// AppArmor profile for the exec; the container's seccomp filter. Stops at the first
+/// failure. `proc` is an open `/proc` of the plugin, for the LSM writes (unused without).
 ///
 /// The filter goes where runc puts it: with no_new_privs, last (after no_new_privs, so the
 /// kernel allows it without `CAP_SYS_ADMIN`, and the filter never sees our own set-up
-/// calls); without no_new_privs, right after `setsid`, while the process still holds
-/// `CAP_SYS_ADMIN` (loading a filter without no_new_privs needs it), before any privilege
-/// is dropped.
-pub fn become_hook<S: Syscalls>(sys: &S, plan: &Plan) -> Result<(), Failed> {
+/// calls); without no_new_privs, right after `setsid` and the SELinux label, while the
+/// process still holds `CAP_SYS_ADMIN` (loading a filter without no_new_privs needs it),
+/// before any privilege is dropped. The LSM labels go where `runc exec` writes them: the
+/// SELinux label before the first filter and the identity change, the AppArmor profile
+/// after the identity change and before the last filter.
+pub fn become_hook<S: Syscalls>(sys: &S, plan: &Plan, proc: RawFd) -> Result<(), Failed> {
     sys.setsid().at(Step::Setsid)?;
+    if let Some(label) = &plan.lsm.selinux {
+        sys.write_attr(proc, label).at(Step::SelinuxLabel)?;
+    }
     if let (Some(filter), false) = (&plan.seccomp, plan.no_new_privs) {
         sys.seccomp(filter).at(Step::Seccomp)?;
     }
@@ -93,6 +99,9 @@ pub fn become_hook<S: Syscalls>(sys: &S, plan: &Plan) -> Result<(), Failed> {
         sys.set_no_new_privs().at(Step::NoNewPrivs)?;
     }
     sys.chdir(&plan.cwd).at(Step::Chdir)?;
+    if let Some(profile) = &plan.lsm.apparmor {
+        sys.write_attr(proc, profile).at(Step::AppArmorProfile)?;
+    }
     if let (Some(filter), true) = (&plan.seccomp, plan.no_new_privs) {
         sys.seccomp(filter).at(Step::Seccomp)?;
     }
@@ -118,9 +127,13 @@ pub fn exec<S: Syscalls>(sys: &S, plan: &Plan) -> Failed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
     use crate::ns::confinement::Confinement;
     use crate::ns::enter::syscalls::fake::{Call, Recorder};
+    use crate::ns::enter::syscalls::Raw;
     use crate::ns::identity::{CapSets, Identity, Source};
+    use crate::ns::lsm;
     use crate::ns::namespace::NsKind;
 
     const NET_BIND_SERVICE: u32 = 10;
@@ -201,7 +214,7 @@ mod tests {
     #[test]
     fn identity_order_groups_gid_uid_caps_then_no_new_privs_and_cwd() {
         let sys = Recorder::default();
-        become_hook(&sys, &plan(vec![], true)).unwrap();
+        become_hook(&sys, &plan(vec![], true), 5).unwrap();
         let mut want = vec![Call::Setsid];
         // last_cap 12: every capability up to it but KILL and NET_BIND_SERVICE is dropped
         want.extend(
@@ -224,7 +237,7 @@ mod tests {
         assert_eq!(sys.calls(), want);
 
         let sys = Recorder::default();
-        become_hook(&sys, &plan(vec![], false)).unwrap();
+        become_hook(&sys, &plan(vec![], false), 5).unwrap();
         assert!(!sys.calls().contains(&Call::SetNoNewPrivs));
         assert_eq!(sys.calls().last(), Some(&Call::Chdir("/home/app".into())));
     }
@@ -233,7 +246,7 @@ mod tests {
     fn a_failed_uid_change_stops_before_capabilities() {
         let sys = Recorder::failing(Call::Setresuid(1000), libc::EPERM);
         assert_eq!(
-            become_hook(&sys, &plan(vec![], true)),
+            become_hook(&sys, &plan(vec![], true), 5),
             Err(Failed {
                 step: Step::Setresuid,
                 errno: libc::EPERM
@@ -246,7 +259,7 @@ mod tests {
 
         let sys = Recorder::failing(Call::Chdir("/home/app".into()), libc::ENOENT);
         assert_eq!(
-            become_hook(&sys, &plan(vec![], true)),
+            become_hook(&sys, &plan(vec![], true), 5),
             Err(Failed {
                 step: Step::Chdir,
                 errno: libc::ENOENT
@@ -265,6 +278,7 @@ mod tests {
         let plan = plan(vec![], no_new_privs).confined(Confinement {
             seccomp: Some(std::sync::Arc::new(filter)),
             oom_score_adj: Some(-3),
+            labels: None,
         });
         (plan, len)
     }
@@ -299,7 +313,7 @@ mod tests {
         let log = libc::SECCOMP_FILTER_FLAG_LOG;
         let sys = Recorder::default();
         let (p, len) = confined(true);
-        become_hook(&sys, &p).unwrap();
+        become_hook(&sys, &p, 5).unwrap();
         let calls = sys.calls();
         assert_eq!(
             calls[calls.len() - 3..],
@@ -320,7 +334,7 @@ mod tests {
         // without no_new_privs the filter needs CAP_SYS_ADMIN: before anything is dropped
         let sys = Recorder::default();
         let (p, len) = confined(false);
-        become_hook(&sys, &p).unwrap();
+        become_hook(&sys, &p, 5).unwrap();
         let calls = sys.calls();
         assert_eq!(
             calls[..3],
@@ -339,12 +353,176 @@ mod tests {
         let (p, len) = confined(true);
         let sys = Recorder::failing(Call::Seccomp(len, log), libc::EINVAL);
         assert_eq!(
-            become_hook(&sys, &p),
+            become_hook(&sys, &p, 5),
             Err(Failed {
                 step: Step::Seccomp,
                 errno: libc::EINVAL
             })
         );
+    }
+
+    fn labelled(no_new_privs: bool) -> Plan {
+        let host = lsm::Host {
+            apparmor: Some(true),
+            selinux: true,
+        };
+        let labels = lsm::Labels {
+            apparmor_profile: "cri-containerd.apparmor.d".into(),
+            selinux_label: "system_u:system_r:container_t:s0".into(),
+        };
+        let writes = lsm::Writes::decide(&host, &labels, Path::new("/proc")).unwrap();
+        confined(no_new_privs).0.labelled(writes)
+    }
+
+    fn selinux_write() -> Call {
+        Call::WriteAttr(
+            5,
+            "thread-self/attr/exec".into(),
+            "system_u:system_r:container_t:s0".into(),
+        )
+    }
+
+    fn apparmor_write() -> Call {
+        Call::WriteAttr(
+            5,
+            "thread-self/attr/apparmor/exec".into(),
+            "exec cri-containerd.apparmor.d".into(),
+        )
+    }
+
+    #[test]
+    fn lsm_labels_are_written_where_runc_exec_writes_them() {
+        let log = libc::SECCOMP_FILTER_FLAG_LOG;
+        let position = |calls: &[Call], want: &Call| calls.iter().position(|c| c == want);
+        for no_new_privs in [true, false] {
+            let sys = Recorder::default();
+            let p = labelled(no_new_privs);
+            let len = p.seccomp.as_ref().unwrap().program().len();
+            become_hook(&sys, &p, 5).unwrap();
+            let calls = sys.calls();
+            let at = |want: &Call| position(&calls, want).unwrap();
+            // SELinux: right after setsid, before any filter and any identity change
+            assert_eq!(calls[..2], [Call::Setsid, selinux_write()]);
+            // AppArmor: after the identity, no_new_privs and the working directory
+            let apparmor = at(&apparmor_write());
+            assert!(apparmor > at(&Call::Setresuid(1000)));
+            assert!(apparmor > at(&Call::Chdir("/home/app".into())));
+            assert!(apparmor > at(&Call::Capset(1 << 10, 1 << 10, 1 << 10)));
+            let seccomp = at(&Call::Seccomp(len, log));
+            if no_new_privs {
+                // the filter stays last
+                assert!(apparmor > at(&Call::SetNoNewPrivs));
+                assert_eq!(seccomp, calls.len() - 1);
+                assert_eq!(apparmor, calls.len() - 2);
+            } else {
+                // the filter right after the SELinux label; AppArmor last
+                assert_eq!(seccomp, 2);
+                assert_eq!(apparmor, calls.len() - 1);
+            }
+            assert_eq!(
+                calls
+                    .iter()
+                    .filter(|c| matches!(c, Call::WriteAttr(..)))
+                    .count(),
+                2
+            );
+        }
+
+        // a failed write stops everything: the command never runs without its label
+        for (failing, step) in [
+            (selinux_write(), Step::SelinuxLabel),
+            (apparmor_write(), Step::AppArmorProfile),
+        ] {
+            let sys = Recorder::failing(failing.clone(), libc::EACCES);
+            assert_eq!(
+                become_hook(&sys, &labelled(true), 5),
+                Err(Failed {
+                    step,
+                    errno: libc::EACCES
+                })
+            );
+            let calls = sys.calls();
+            assert_eq!(calls.last(), Some(&failing));
+            assert!(!calls.iter().any(|c| matches!(c, Call::Seccomp(..))));
+        }
+    }
+
+    /// The whole decision and the real writes, against a fake `/proc`: every node (LSM on or
+    /// off) with every spec (label set or empty), the write succeeding or failing.
+    #[test]
+    fn lsm_writes_against_a_fake_proc() {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use std::os::unix::ffi::OsStrExt;
+
+        let set = lsm::Labels {
+            apparmor_profile: "cri-containerd.apparmor.d".into(),
+            selinux_label: "system_u:system_r:container_t:s0:c1,c2".into(),
+        };
+        let empty = lsm::Labels::default();
+        for lsm_on in [false, true] {
+            for labels in [&set, &empty] {
+                for write_ok in [true, false] {
+                    let case = format!("lsm {lsm_on}, label {:?}, write ok {write_ok}", labels);
+                    let dir = tempfile::tempdir().unwrap();
+                    let attr = dir.path().join("thread-self/attr");
+                    std::fs::create_dir_all(attr.join("apparmor")).unwrap();
+                    if write_ok {
+                        std::fs::write(attr.join("exec"), "").unwrap();
+                        std::fs::write(attr.join("apparmor/exec"), "").unwrap();
+                    }
+                    let host = lsm::Host {
+                        apparmor: lsm_on.then_some(true),
+                        selinux: lsm_on,
+                    };
+                    let decided = lsm::Writes::decide(&host, labels, dir.path());
+                    if !lsm_on && !labels.apparmor_profile.is_empty() {
+                        // a label for an LSM the node does not have: nothing is forked
+                        assert!(decided.is_err(), "{case}");
+                        continue;
+                    }
+                    let writes = decided.unwrap();
+                    assert_eq!(writes.any(), !labels.apparmor_profile.is_empty(), "{case}");
+                    let c = std::ffi::CString::new(writes.proc.as_os_str().as_bytes()).unwrap();
+                    // SAFETY: open of a valid C string; the fd is owned below.
+                    let fd = unsafe {
+                        libc::open(
+                            c.as_ptr(),
+                            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                        )
+                    };
+                    assert!(fd >= 0);
+                    // SAFETY: just opened, owned by nobody else.
+                    let proc = unsafe { OwnedFd::from_raw_fd(fd) };
+                    let results: Vec<_> = [&writes.selinux, &writes.apparmor]
+                        .into_iter()
+                        .flatten()
+                        .map(|w| Raw.write_attr(proc.as_raw_fd(), w))
+                        .collect();
+                    if !writes.any() {
+                        assert!(results.is_empty(), "{case}");
+                        continue;
+                    }
+                    if write_ok {
+                        assert!(results.iter().all(Result::is_ok), "{case}: {results:?}");
+                        assert_eq!(
+                            std::fs::read_to_string(attr.join("exec")).unwrap(),
+                            "system_u:system_r:container_t:s0:c1,c2",
+                            "{case}"
+                        );
+                        assert_eq!(
+                            std::fs::read_to_string(attr.join("apparmor/exec")).unwrap(),
+                            "exec cri-containerd.apparmor.d",
+                            "{case}"
+                        );
+                    } else {
+                        assert_eq!(results.len(), 2, "{case}");
+                        for r in results {
+                            assert_eq!(r, Err(Errno(libc::ENOENT)), "{case}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -22,6 +22,8 @@ struct Launch {
     plan: Plan,
     pidfd: RawFd,
     root: OwnedFd,
+    /// The plugin's `/proc`, for the hook's LSM writes (only when it makes some).
+    proc: Option<OwnedFd>,
     cgroup_procs: Vec<OwnedFd>,
     report_w: OwnedFd,
     kill_r: OwnedFd,
@@ -70,6 +72,11 @@ pub fn spawn(container: &PidFd, mut plan: Plan, output: OwnedFd) -> Result<Runni
         &PathBuf::from(format!("/proc/{pid}/root")),
         libc::O_PATH | libc::O_DIRECTORY,
     )?;
+    let proc = if plan.lsm.any() {
+        Some(open_path(&plan.lsm.proc, libc::O_PATH | libc::O_DIRECTORY)?)
+    } else {
+        None
+    };
     let mut cgroup_procs = Vec::new();
     for procs in &plan.cgroup_procs {
         cgroup_procs.push(open_path(procs, libc::O_WRONLY)?);
@@ -90,6 +97,7 @@ pub fn spawn(container: &PidFd, mut plan: Plan, output: OwnedFd) -> Result<Runni
         plan,
         pidfd: container.as_raw_fd(),
         root,
+        proc,
         cgroup_procs,
         report_w,
         kill_r,
@@ -308,12 +316,28 @@ fn c1_main(launch: &Launch) -> io::Result<()> {
 fn c2_main(launch: &Launch) -> ! {
     // SAFETY (whole function): raw system calls on locals and on fds of `launch`.
     unsafe {
-        let a = launch.report_w.as_raw_fd() as u32;
-        let b = launch.kill_r.as_raw_fd() as u32;
-        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
-        close_range(3, lo.saturating_sub(1));
-        close_range(lo + 1, hi - 1);
-        close_range(hi + 1, u32::MAX);
+        // Everything but the report pipe, the kill pipe and /proc (when the hook writes
+        // LSM labels) is closed.
+        let mut keep = [
+            launch.report_w.as_raw_fd() as u32,
+            launch.kill_r.as_raw_fd() as u32,
+            launch
+                .proc
+                .as_ref()
+                .map_or(u32::MAX, |fd| fd.as_raw_fd() as u32),
+        ];
+        keep.sort_unstable();
+        let mut first = 3u32;
+        for fd in keep {
+            if fd == u32::MAX {
+                break;
+            }
+            if fd > first {
+                close_range(first, fd - 1);
+            }
+            first = fd.saturating_add(1);
+        }
+        close_range(first, u32::MAX);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         if libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0 {
             report_errno(launch, Step::Subreaper);
@@ -427,7 +451,8 @@ fn c3_main(launch: &Launch) -> ! {
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let failed = match child::become_hook(&Raw, &launch.plan) {
+    let proc = launch.proc.as_ref().map_or(-1, AsRawFd::as_raw_fd);
+    let failed = match child::become_hook(&Raw, &launch.plan, proc) {
         Ok(()) => child::exec(&Raw, &launch.plan),
         Err(failed) => failed,
     };

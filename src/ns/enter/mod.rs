@@ -6,8 +6,8 @@
 //!   (which namespaces differ from ours, its identity, its cgroups) and [`Plan::new`] decides
 //!   every argument of every system call to come: namespace flags, `cgroup.procs` files,
 //!   uid, gids, capability sets, no_new_privs, working directory, argument and environment
-//!   arrays, candidate paths from the container's `PATH`, the compiled seccomp filter and the
-//!   OOM score adjustment (see [`crate::ns::confinement`]).
+//!   arrays, candidate paths from the container's `PATH`, the compiled seccomp filter, the
+//!   OOM score adjustment (see [`crate::ns::confinement`]) and the LSM label writes.
 //! - [`child`]: which system calls the forked processes make, in which order, as sequences
 //!   over the [`syscalls::Syscalls`] trait (unit-tested with a recording fake).
 //! - [`syscalls`]: that trait and its real, allocation-free implementation.
@@ -35,11 +35,13 @@
 //!    cancellation, or the plugin itself died) it kills the hook's process group and every
 //!    process that was re-parented to it (daemonising children land on C2 because it is the
 //!    subreaper), until none is left.
-//! 3. **C3** (the hook): starts a new session, drops the bounding set to the container's,
+//! 3. **C3** (the hook): starts a new session, writes the container's SELinux label for the
+//!    exec (see [`crate::ns::lsm`]), drops the bounding set to the container's,
 //!    sets groups, gid and uid (keeping capabilities across the uid change), sets effective,
 //!    permitted and inheritable sets with `capset`, raises the ambient set, sets
 //!    no_new_privs when the container has it, changes to the container's working directory,
-//!    loads the container's seccomp filter (without no_new_privs: right after `setsid`,
+//!    writes the container's AppArmor profile for the exec, loads the container's seccomp
+//!    filter (without no_new_privs: right after `setsid`,
 //!    while it still may, as runc does) and `execve`s the first candidate from the container's `PATH` with the container's
 //!    environment. stdin is `/dev/null`; stdout and stderr go to one pipe.
 //!
@@ -48,7 +50,6 @@
 //!
 //! # What is not applied
 //!
-//! - LSM labels: the AppArmor profile and the SELinux process label are **not** applied yet.
 //! - rlimits and the `umask` are inherited (as with `runc exec`), not set from the spec.
 //! - Processes a hook leaves behind after it exits normally (daemons) are re-parented to
 //!   the container's init, as with `runc exec`; only a timeout or cancellation kills them.

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crate::model::ProcessSpec;
 use crate::ns::confinement::Confinement;
 use crate::ns::identity::{cgroup_dirs, CapSets, Identity, Source};
+use crate::ns::lsm::{self, Host, Labels, Roots};
 use crate::ns::namespace::{differing, NsKind};
 use crate::ns::seccomp::Filter;
 use crate::ns::sys::Sys;
@@ -98,6 +99,8 @@ pub struct Plan {
     /// The container's OOM score adjustment as the decimal text written to
     /// `/proc/self/oom_score_adj`.
     pub oom_score_adj: Option<CString>,
+    /// The container's AppArmor profile and SELinux label, as the writes that apply them.
+    pub lsm: lsm::Writes,
 }
 
 fn cstring(pid: u32, what: &str, s: &str) -> Result<CString, Error> {
@@ -164,15 +167,36 @@ impl Plan {
         bundle: Option<&Path>,
         argv: &[String],
     ) -> Result<Plan, Error> {
+        let node = (Host::this_node(), Roots::host());
+        Plan::gather_on(sys, node, pid, process, bundle, argv)
+    }
+
+    /// [`Plan::gather`] on a node with the LSMs of `host`, whose `/proc` and `/sys` are
+    /// where `roots` says.
+    pub fn gather_on(
+        sys: &dyn Sys,
+        (host, roots): (Host, Roots),
+        pid: u32,
+        process: Option<&ProcessSpec>,
+        bundle: Option<&Path>,
+        argv: &[String],
+    ) -> Result<Plan, Error> {
         // First: without the container's confinement nothing may run.
-        let confinement = Confinement::resolve(sys, pid, bundle, process)?;
+        let mut confinement = Confinement::resolve(sys, pid, bundle, process)?;
+        let lsm_err = |reason| Error::Lsm { pid, reason };
+        let labels = match confinement.labels.take() {
+            Some(labels) => labels,
+            None => Labels::of_process(sys, &roots.proc, pid, &host).map_err(lsm_err)?,
+        };
+        let writes = lsm::Writes::decide(&host, &labels, &roots.proc).map_err(lsm_err)?;
         let namespaces = differing(sys, pid)?;
         let userns = namespaces.contains(&NsKind::User);
         let identity = Identity::resolve(sys, pid, process, bundle, userns)?;
         let dirs = cgroup_dirs(sys, pid, &identity.cgroups)?;
         Ok(
             Plan::new(pid, &identity, namespaces, &dirs, argv, last_cap(sys))?
-                .confined(confinement),
+                .confined(confinement)
+                .labelled(writes),
         )
     }
 
@@ -220,6 +244,7 @@ impl Plan {
             source: identity.source,
             seccomp: None,
             oom_score_adj: None,
+            lsm: lsm::Writes::default(),
         })
     }
 
@@ -229,6 +254,12 @@ impl Plan {
         self.oom_score_adj = confinement
             .oom_score_adj
             .and_then(|adj| CString::new(adj.to_string()).ok());
+        self
+    }
+
+    /// The plan with the writes that apply the container's LSM labels.
+    pub fn labelled(mut self, writes: lsm::Writes) -> Plan {
+        self.lsm = writes;
         self
     }
 
@@ -466,5 +497,89 @@ mod tests {
         };
         let plan = Plan::gather(&sys, 9, None, bundle, &argv(&["sh"])).unwrap();
         assert_eq!(plan.last_cap, 40);
+    }
+
+    /// A container init of pid 9 in our namespaces, its bundle's spec being `config`.
+    fn init_with_spec(config: &str) -> FakeSys {
+        let mut sys = FakeSys::default()
+            .file(
+                "/proc/9/status",
+                "Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\nCapInh:\t0\nCapPrm:\t3\n\
+                 CapEff:\t3\nCapBnd:\t3\nCapAmb:\t0\nNoNewPrivs:\t0\n",
+            )
+            .file("/proc/9/environ", "PATH=/bin\0")
+            .file("/proc/9/cgroup", "")
+            .file("/proc/self/mountinfo", "")
+            .file("/b/config.json", config)
+            .link("/proc/9/cwd", "/rootfs")
+            .link("/proc/9/root", "/rootfs");
+        for (i, kind) in NsKind::ALL.iter().enumerate() {
+            let name = kind.proc_name();
+            sys = sys
+                .inode(&format!("/proc/self/ns/{name}"), 4, i as u64)
+                .inode(&format!("/proc/9/ns/{name}"), 4, i as u64);
+        }
+        sys
+    }
+
+    #[test]
+    fn lsm_labels_are_planned_from_the_spec_or_the_init() {
+        let roots = Roots {
+            proc: "/fake/proc".into(),
+            sys: "/fake/sys".into(),
+        };
+        let apparmor = Host {
+            apparmor: Some(true),
+            selinux: false,
+        };
+        let sh = argv(&["sh"]);
+        let bundle = Some(Path::new("/b"));
+        let sys = init_with_spec(r#"{"process":{"apparmorProfile":"cri-containerd.apparmor.d"}}"#);
+        let plan = Plan::gather_on(&sys, (apparmor, roots.clone()), 9, None, bundle, &sh).unwrap();
+        let write = plan.lsm.apparmor.as_ref().unwrap();
+        assert_eq!(
+            write.value.to_str().unwrap(),
+            "exec cri-containerd.apparmor.d"
+        );
+        assert_eq!(plan.lsm.proc, Path::new("/fake/proc"));
+        assert!(plan.lsm.selinux.is_none());
+        // the same spec on a node without AppArmor: refused before anything is forked
+        let err = Plan::gather_on(&sys, (Host::default(), roots.clone()), 9, None, bundle, &sh)
+            .unwrap_err();
+        assert!(matches!(err, Error::Lsm { pid: 9, .. }), "{err}");
+        assert!(err.to_string().contains("AppArmor is not enabled"), "{err}");
+        // a spec without labels: nothing to write, on any node
+        let sys = init_with_spec("{}");
+        let plan = Plan::gather_on(&sys, (apparmor, roots.clone()), 9, None, bundle, &sh).unwrap();
+        assert!(!plan.lsm.any());
+
+        // no spec, the runtime settles seccomp: the init's own profile is taken
+        let unconfined = ProcessSpec {
+            seccomp: crate::model::RuntimeSeccomp::Unconfined,
+            ..Default::default()
+        };
+        let sys = init_with_spec("{}").file(
+            "/fake/proc/9/attr/apparmor/current",
+            "cri-containerd.apparmor.d (enforce)\n",
+        );
+        let plan = Plan::gather_on(
+            &sys,
+            (apparmor, roots.clone()),
+            9,
+            Some(&unconfined),
+            None,
+            &sh,
+        )
+        .unwrap();
+        let write = plan.lsm.apparmor.as_ref().unwrap();
+        assert_eq!(
+            write.value.to_str().unwrap(),
+            "exec cri-containerd.apparmor.d"
+        );
+        // and when it cannot be read, nothing runs
+        let sys = init_with_spec("{}");
+        let err =
+            Plan::gather_on(&sys, (apparmor, roots), 9, Some(&unconfined), None, &sh).unwrap_err();
+        assert!(matches!(err, Error::Lsm { .. }), "{err}");
     }
 }

@@ -62,6 +62,10 @@ steps! {
     OomScoreAdj => "set oom_score_adj",
     /// `seccomp(SECCOMP_SET_MODE_FILTER)` with the container's filter.
     Seccomp => "install seccomp filter",
+    /// Writing the container's SELinux label to `attr/exec`.
+    SelinuxLabel => "set SELinux exec label",
+    /// Writing `exec <profile>` to `attr/apparmor/exec` (or `attr/exec`).
+    AppArmorProfile => "set AppArmor exec profile",
 }
 
 impl Step {

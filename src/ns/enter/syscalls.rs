@@ -15,6 +15,7 @@ use std::ffi::CStr;
 use std::os::fd::RawFd;
 
 use super::plan::CStrings;
+use crate::ns::lsm::AttrWrite;
 use crate::ns::seccomp::Filter;
 
 /// An `errno` value.
@@ -65,6 +66,9 @@ pub trait Syscalls {
     fn set_oom_score_adj(&self, value: &CStr) -> Result<(), Errno>;
     /// `seccomp(SECCOMP_SET_MODE_FILTER, flags, program)` of a compiled filter.
     fn seccomp(&self, filter: &Filter) -> Result<(), Errno>;
+    /// Writes the value of `attr` to its path under the directory `proc` (an open `/proc`),
+    /// in one `write`, as the kernel's `attr` files want it.
+    fn write_attr(&self, proc: RawFd, attr: &AttrWrite) -> Result<(), Errno>;
     /// `execve(path, argv, envp)`: returns only when it failed, with why.
     fn execve(&self, path: &CStr, argv: &CStrings, envp: &CStrings) -> Errno;
 }
@@ -248,6 +252,33 @@ impl Syscalls for Raw {
         }
     }
 
+    fn write_attr(&self, proc: RawFd, attr: &AttrWrite) -> Result<(), Errno> {
+        // SAFETY: openat with a descriptor and a valid C string; returns a new fd or -1.
+        let fd = unsafe {
+            libc::openat(
+                proc,
+                attr.path.as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            )
+        };
+        if fd < 0 {
+            return Err(Errno::last());
+        }
+        let bytes = attr.value.to_bytes();
+        // SAFETY: a write of the C string's bytes to the fd just opened.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        let result = if n == bytes.len() as isize {
+            Ok(())
+        } else if n < 0 {
+            Err(Errno::last())
+        } else {
+            Err(Errno(libc::EIO))
+        };
+        // SAFETY: closing the fd opened above, used by nothing else.
+        unsafe { libc::close(fd) };
+        result
+    }
+
     fn execve(&self, path: &CStr, argv: &CStrings, envp: &CStrings) -> Errno {
         // SAFETY: a valid C string and two NULL-terminated arrays of valid C strings, all
         // alive for the call (it only returns on failure).
@@ -285,6 +316,8 @@ pub mod fake {
         OomScoreAdj(String),
         /// A filter's instruction count and flags.
         Seccomp(usize, libc::c_ulong),
+        /// An `attr` file (relative to the descriptor) and the value written.
+        WriteAttr(RawFd, String, String),
         Execve(String),
     }
 
@@ -370,6 +403,13 @@ pub mod fake {
         }
         fn seccomp(&self, filter: &Filter) -> Result<(), Errno> {
             self.record(Call::Seccomp(filter.program().len(), filter.flags()))
+        }
+        fn write_attr(&self, proc: RawFd, attr: &AttrWrite) -> Result<(), Errno> {
+            self.record(Call::WriteAttr(
+                proc,
+                attr.path.to_string_lossy().into_owned(),
+                attr.value.to_string_lossy().into_owned(),
+            ))
         }
         fn execve(&self, path: &CStr, _argv: &CStrings, _envp: &CStrings) -> Errno {
             self.calls

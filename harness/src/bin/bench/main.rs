@@ -23,6 +23,7 @@ use nri_harness::bench::stats::{self, Samples};
 use nri_harness::bench::targets;
 use nri_harness::bench::verdict::{text_or_na, Bytes, Quantity};
 use nri_harness::cri::ContainerState;
+use nri_harness::cri::Seccomp;
 use nri_harness::{images, plugin, ContainerSpec, Node, NodeOptions, PluginMode, PodSpec, Version};
 
 /// Everything the command line can change.
@@ -37,6 +38,9 @@ struct Opts {
     burst: usize,
     events: usize,
     tracked: usize,
+    /// Only the hook latency figures (exec with and without a seccomp profile, httpGet) on
+    /// the plugin's node: no fake-runtime figures, no start/stop, no burst.
+    only_hooks: bool,
     recovery_rounds: usize,
     sections: Vec<Section>,
 }
@@ -54,7 +58,7 @@ enum Section {
 
 const USAGE: &str = "usage: bench --plugin BIN [--output BENCHMARKS.md] [--versions 2.1,1.7] \
 [--exec-rounds 100] [--http-rounds 100] [--start-rounds 80] [--burst 100] [--events 10000] [--tracked 1000] \
-[--recovery-rounds 5] [--sections events,nodes,recovery]";
+[--recovery-rounds 5] [--sections events,nodes,recovery] [--only hooks]";
 
 fn parse_opts() -> anyhow::Result<Opts> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -68,6 +72,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
         burst: 100,
         events: 10_000,
         tracked: 1_000,
+        only_hooks: false,
         recovery_rounds: 5,
         sections: vec![Section::Events, Section::Nodes, Section::Recovery],
     };
@@ -113,6 +118,13 @@ fn parse_opts() -> anyhow::Result<Opts> {
                     })
                     .collect::<anyhow::Result<_>>()?
             }
+            "--only" => match need()?.as_str() {
+                "hooks" => {
+                    o.only_hooks = true;
+                    o.sections = vec![Section::Nodes];
+                }
+                other => bail!("unknown section {other:?} (hooks)\n{USAGE}"),
+            },
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -147,25 +159,7 @@ async fn main() -> anyhow::Result<()> {
 
     // ---------------------------------------------------------------- fake runtime figures
     if let (true, Some(probe_bin)) = (wants(Section::Events), &probe_bin) {
-        say(&format!(
-            "NRI events on the fake runtime: {} per generation, then {} tracked containers",
-            opts.events, opts.tracked
-        ));
-        match probe::events(probe_bin, &opts.plugin, opts.events, opts.tracked) {
-            Ok(gens) => figures_events(&mut rep, &gens),
-            Err(e) => rep.note(format!("NRI event figures failed: {e:#}")),
-        }
-        match gate_size(&opts.plugin) {
-            Ok((gate, plugin)) => {
-                rep.limits.push(targets::gate_size(
-                    "gate binary (embedded, written out at start-up)",
-                    gate,
-                ));
-                rep.sizes
-                    .push(("plugin binary (release, stripped)".into(), plugin));
-            }
-            Err(e) => rep.note(format!("binary sizes: {e:#}")),
-        }
+        fake_runtime(&opts, probe_bin, &mut rep);
     }
 
     // ---------------------------------------------------------------- real containerd
@@ -187,9 +181,37 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
+    finish(&opts, rep, began)
+}
+
+/// The figures measured on the fake runtime, and the binaries' sizes.
+fn fake_runtime(opts: &Opts, probe_bin: &Path, rep: &mut Report) {
+    say(&format!(
+        "NRI events on the fake runtime: {} per generation, then {} tracked containers",
+        opts.events, opts.tracked
+    ));
+    match probe::events(probe_bin, &opts.plugin, opts.events, opts.tracked) {
+        Ok(gens) => figures_events(rep, &gens),
+        Err(e) => rep.note(format!("NRI event figures failed: {e:#}")),
+    }
+    match gate_size(&opts.plugin) {
+        Ok((gate, plugin)) => {
+            rep.limits.push(targets::gate_size(
+                "gate binary (embedded, written out at start-up)",
+                gate,
+            ));
+            rep.sizes
+                .push(("plugin binary (release, stripped)".into(), plugin));
+        }
+        Err(e) => rep.note(format!("binary sizes: {e:#}")),
+    }
+}
+
+/// Renders the report and writes it to `--output`.
+fn finish(opts: &Opts, mut rep: Report, began: Instant) -> anyhow::Result<()> {
     rep.duration = began.elapsed();
     rep.load_after = report::loadavg();
-    let mut text = rep.render(&opts_line(&opts));
+    let mut text = rep.render(&opts_line(opts));
     // The hand-written analysis (profiles, causes, before/after) follows the measurements.
     let notes = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-notes.md");
     if let Ok(analysis) = std::fs::read_to_string(&notes) {
@@ -238,7 +260,7 @@ fn opts_line(o: &Opts) -> String {
             })
             .collect::<Vec<_>>()
             .join(",")
-    )
+    ) + if o.only_hooks { " --only hooks" } else { "" }
 }
 
 fn gate_size(plugin: &Path) -> anyhow::Result<(Bytes, Bytes)> {
@@ -361,9 +383,13 @@ async fn on_version(
         bail!("the plugin did not register:\n{}", on.containerd_log());
     }
     let result = async {
-        start_and_stop(v, opts, [&off, &bare, &on], rep).await?;
+        if !opts.only_hooks {
+            start_and_stop(v, opts, [&off, &bare, &on], rep).await?;
+        }
         hook_latency(v, opts, &on, probe_bin, rep).await?;
-        burst(v, opts, &on, rep).await?;
+        if !opts.only_hooks {
+            burst(v, opts, &on, rep).await?;
+        }
         anyhow::Ok(())
     }
     .await;
@@ -583,11 +609,18 @@ async fn hook_latency(
         args: vec!["--http".into(), "8080".into()],
         ..ContainerSpec::new("web", images::DISTROLESS, &[])
     };
+    // The same, running the runtime's default seccomp profile (a RuntimeDefault pod).
+    let confined = ContainerSpec {
+        seccomp: Some(Seccomp::RuntimeDefault),
+        ..ContainerSpec::new("sh-seccomp", images::BUSYBOX, &["sleep", "3600"])
+    };
     let sh_id = cri.create_container(&pod, &sh).await?;
     cri.start_container(&sh_id).await?;
     let web_id = cri.create_container(&pod, &web).await?;
     cri.start_container(&web_id).await?;
-    for id in [&sh_id, &web_id] {
+    let confined_id = cri.create_container(&pod, &confined).await?;
+    cri.start_container(&confined_id).await?;
+    for id in [&sh_id, &web_id, &confined_id] {
         cri.wait_state(
             id,
             ContainerState::ContainerRunning,
@@ -597,9 +630,10 @@ async fn hook_latency(
     }
     let pid = cri.container_pid(&sh_id).await?;
     let web_pid = cri.container_pid(&web_id).await?;
+    let confined_pid = cri.container_pid(&confined_id).await?;
     let ip = cri.pod_ip(&pod.id).await?;
-    if pid == 0 || web_pid == 0 || ip.is_empty() {
-        bail!("no pid or pod ip (pid {pid}, web {web_pid}, ip {ip:?})");
+    if pid == 0 || web_pid == 0 || confined_pid == 0 || ip.is_empty() {
+        bail!("no pid or pod ip (pid {pid}, web {web_pid}, seccomp {confined_pid}, ip {ip:?})");
     }
     let dir = on.host_dir("bench-probe")?;
     let mut p = probe::Hooks::start(probe_bin)?;
@@ -615,6 +649,16 @@ async fn hook_latency(
         &ip,
         web_pid,
         &web_target,
+    )?;
+    let confined_target = dir.join("sh-seccomp.json");
+    write_target(
+        state,
+        &confined_id,
+        &pod.id,
+        "bench-hooks",
+        &ip,
+        confined_pid,
+        &confined_target,
     )?;
 
     // ---- exec
@@ -693,6 +737,18 @@ async fn hook_latency(
     }
     rep.figures.push(f);
 
+    // ---- exec under the runtime's default seccomp profile
+    exec_seccomp(
+        v,
+        opts,
+        &mut cri,
+        &mut p,
+        &confined_id,
+        &confined_target,
+        rep,
+    )
+    .await?;
+
     // ---- httpGet
     on.check_pod_route(&ip)
         .context("the pod IP is not routed via the node's bridge: no HTTP traffic sent")?;
@@ -751,6 +807,74 @@ async fn hook_latency(
     Ok(())
 }
 
+/// Figure 1b: exec hook latency in a container that runs the runtime's default seccomp
+/// profile, against CRI ExecSync on the same container (every hook loads the filter, compiled
+/// once for the profile).
+async fn exec_seccomp(
+    v: Version,
+    opts: &Opts,
+    cri: &mut nri_harness::Cri,
+    p: &mut probe::Hooks,
+    id: &str,
+    target: &Path,
+    rep: &mut Report,
+) -> anyhow::Result<()> {
+    p.target(target)?;
+    let names = ["ours (plugin's exec runner)", "CRI ExecSync"];
+    let mut s: [Vec<Duration>; 2] = Default::default();
+    let mut errors: [usize; 2] = [0; 2];
+    let mut first_err: [Option<String>; 2] = Default::default();
+    let warmup = 5;
+    for round in 0..(opts.exec_rounds + warmup) {
+        for j in 0..2 {
+            let k = (j + round) % 2;
+            let r: anyhow::Result<Duration> = if k == 0 {
+                p.exec(&["true"])
+            } else {
+                let t = Instant::now();
+                let r = cri.exec_sync(id, &["true"], 10).await?;
+                let e = t.elapsed();
+                if r.exit_code == 0 {
+                    Ok(e)
+                } else {
+                    Err(anyhow::anyhow!("exit {}: {}", r.exit_code, r.stderr))
+                }
+            };
+            match r {
+                Ok(e) if round >= warmup => s[k].push(e),
+                Ok(_) => {}
+                Err(e) => {
+                    errors[k] += 1;
+                    first_err[k].get_or_insert_with(|| format!("{e:#}"));
+                }
+            }
+        }
+    }
+    let x: Vec<Samples> = s.into_iter().map(Samples::new).collect();
+    let mut f = Figure::new(&format!(
+        "exec hook latency (`true`), RuntimeDefault seccomp profile, same container, {v}"
+    ));
+    f.rows.push(Row::plain(names[0], &x[0]));
+    f.rows.push(Row::speedup(names[1], &x[1], &x[0]));
+    f.checks.push(targets::exec_seccomp(&x[0], &x[1]));
+    f.lines.push(format!(
+        "busybox container running `sleep 3600` with `seccompProfile: RuntimeDefault` (containerd's default profile in its OCI spec); both variants interleaved, order rotated each round, {warmup} warm-up rounds dropped. Every hook reads the bundle's spec and loads the container's filter into the hook process; the filter is compiled by libseccomp once per distinct profile and then taken from the plugin's cache. Ratios are reference ÷ ours."
+    ));
+    for k in 0..2 {
+        if errors[k] > 0 {
+            f.lines.push(format!(
+                "{}: {} of {} runs failed, first: {}",
+                names[k],
+                errors[k],
+                opts.exec_rounds + warmup,
+                first_err[k].clone().unwrap_or_default()
+            ));
+        }
+    }
+    rep.figures.push(f);
+    Ok(())
+}
+
 fn timed_cmd(cmd: &mut Command) -> anyhow::Result<Duration> {
     let t = Instant::now();
     let out = cmd
@@ -796,6 +920,7 @@ fn write_target(
         "pod_ip": ip,
         "pid": pid,
         "spec": spec,
+        "bundle": bundle.parent(),
     });
     std::fs::write(file, v.to_string()).with_context(|| format!("writing {}", file.display()))?;
     Ok(())
