@@ -295,6 +295,15 @@ impl Effects for Node {
         gate::is_gated(container)
     }
 
+    fn init_runs_gate(&self, container: &Container) -> Option<bool> {
+        if container.pid == 0 {
+            return None;
+        }
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", container.pid)).ok()?;
+        let first = cmdline.split(|b| *b == 0).next()?;
+        Some(first == gate::protocol::GATE_PATH.as_bytes())
+    }
+
     fn gate_resync(&self, containers: &[Container]) {
         if let Some(cur) = self.current() {
             for (id, e) in cur.servers.resync(containers) {

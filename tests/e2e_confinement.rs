@@ -1,6 +1,7 @@
 //! End-to-end confinement of exec hooks on containerd 1.7 and 2.1: a PostStart exec hook runs
 //! under the container's seccomp filter and OOM score adjustment, exactly as a `runc exec`
-//! (CRI ExecSync) in the same container does.
+//! (CRI ExecSync) in the same container does; so does a PreStop exec hook. A profile the
+//! plugin cannot serve (a seccomp notify action) fails the hook, never runs it unconfined.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use nri_harness::{images, ContainerSpec, Cri, Node, PluginMode, Pod, PodSpec, Ve
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_nri-lifecycle");
 const KEY: &str = "poststart.lifecycle.nri.io/container.app";
+const PRESTOP_KEY: &str = "prestop.lifecycle.nri.io/container.app";
 
 async fn node(v: Version) -> Node {
     Node::start(v, PluginMode::Preinstalled(PathBuf::from(PLUGIN)))
@@ -135,6 +137,11 @@ async fn a_localhost_profile_refuses_the_hook_what_it_refuses_exec_sync() {
          echo done > /shared/done"
     );
     let hook = serde_json::json!({"exec": {"command": ["sh", "-c", probe]}}).to_string();
+    let pre_probe = format!(
+        "mkdir /tmp/from-prestop 2> /shared/pre-err; echo $? > /shared/pre-rc; \
+         {STATUS} > /shared/pre-status"
+    );
+    let pre_hook = serde_json::json!({"exec": {"command": ["sh", "-c", pre_probe]}}).to_string();
     for v in Version::ALL {
         let node = node(v).await;
         let mut cri = node.cri().await.expect("cri");
@@ -152,6 +159,7 @@ async fn a_localhost_profile_refuses_the_hook_what_it_refuses_exec_sync() {
             ..ContainerSpec::new("app", images::BUSYBOX, &["sleep", "3600"])
         }
         .annotation(KEY, &hook)
+        .annotation(PRESTOP_KEY, &pre_hook)
         .mount(&shared, "/shared", false);
         let (pod, id) = start(&mut cri, "nomkdir", &spec).await;
         let done = nri_harness::wait_file(&shared.join("done"), Duration::from_secs(20), |t| {
@@ -184,6 +192,108 @@ async fn a_localhost_profile_refuses_the_hook_what_it_refuses_exec_sync() {
             read("status").contains("Seccomp:\t2"),
             "{v}: {}",
             read("status")
+        );
+        // The PreStop exec hook runs under the same filter before the stop signal.
+        cri.stop_container(&id, 10).await.expect("stop");
+        assert_eq!(
+            read("pre-rc").trim(),
+            "1",
+            "{v}: the PreStop hook's mkdir was allowed (or the hook did not run):\n{}",
+            node.diagnostics()
+        );
+        assert!(
+            read("pre-err").contains("Operation not permitted"),
+            "{v}: {}",
+            read("pre-err")
+        );
+        assert!(
+            read("pre-status").contains("Seccomp:\t2"),
+            "{v}: {}",
+            read("pre-status")
+        );
+        remove(&mut cri, pod, &id).await;
+        drop(cri);
+        node.stop().await.unwrap_or_else(|e| panic!("{v}: {e}"));
+    }
+}
+
+/// Accepts the runtime's connections on a seccomp agent's socket and keeps them (with the
+/// notify descriptors runc sends) open until the test ends, answering nothing: the container
+/// only needs an agent to start.
+fn seccomp_agent(path: &std::path::Path) -> std::thread::JoinHandle<()> {
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("agent socket");
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for stream in listener.incoming() {
+            match stream {
+                Ok(s) => kept.push(s),
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_profile_fails_the_hook_and_the_plugin_keeps_serving() {
+    if !nri_harness::require_root("a_notify_profile_fails_the_hook_and_the_plugin_keeps_serving") {
+        return;
+    }
+    for v in Version::ALL {
+        let node = node(v).await;
+        let mut cri = node.cri().await.expect("cri");
+        let shared = node.host_dir("notify").expect("host dir");
+        let profiles = node.host_dir("notify-profiles").expect("host dir");
+        let agent = profiles.join("agent.sock");
+        let _agent = seccomp_agent(&agent);
+        let profile = profiles.join("notify.json");
+        let text = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "listenerPath": agent,
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}],
+        });
+        std::fs::write(&profile, text.to_string()).expect("write profile");
+        let spec = ContainerSpec {
+            seccomp: Some(Seccomp::Localhost(profile)),
+            ..ContainerSpec::new("app", images::BUSYBOX, &["sleep", "3600"])
+        }
+        .annotation(
+            KEY,
+            r#"{"exec":{"command":["sh","-c","echo ran > /shared/ran"]}}"#,
+        )
+        .annotation("io.kubernetes.pod.terminationGracePeriod", "3")
+        .mount(&shared, "/shared", false);
+        let (pod, id) = start(&mut cri, "notify", &spec).await;
+        // As in Kubernetes, the failed PostStart stops the container, with the reason.
+        let term = pod.log_dir.join(".term-app").join("termination-log");
+        let message = nri_harness::wait_file(&term, Duration::from_secs(20), |t| !t.is_empty())
+            .await
+            .unwrap_or_else(|| panic!("{v}: no termination message:\n{}", node.diagnostics()));
+        assert!(
+            message.starts_with("PostStart hook failed") && message.contains("SCMP_ACT_NOTIFY"),
+            "{v}: {message}"
+        );
+        assert!(
+            !shared.join("ran").exists(),
+            "{v}: the hook ran although its container's filter could not be applied"
+        );
+        remove(&mut cri, pod, &id).await;
+
+        // The plugin still serves: the next container's hook runs.
+        let next = ContainerSpec::new("app", images::BUSYBOX, &["sleep", "3600"])
+            .annotation(
+                KEY,
+                r#"{"exec":{"command":["sh","-c","echo ran > /shared/next"]}}"#,
+            )
+            .mount(&shared, "/shared", false);
+        let (pod, id) = start(&mut cri, "after-notify", &next).await;
+        let ran = nri_harness::wait_file(&shared.join("next"), Duration::from_secs(20), |t| {
+            t.contains("ran")
+        })
+        .await;
+        assert!(
+            ran.is_some(),
+            "{v}: the plugin stopped serving after a notify profile:\n{}",
+            node.diagnostics()
         );
         remove(&mut cri, pod, &id).await;
         drop(cri);

@@ -1,5 +1,7 @@
-//! End-to-end on containerd 1.7 and 2.1: the external plugin is SIGKILLed while 20 containers
-//! with PreStop hooks are being created, and started again (as systemd would). Afterwards
+//! End-to-end on containerd 1.7 and 2.1: the process serving NRI is SIGKILLed while 20
+//! containers with PreStop hooks are being created — the external plugin, started again by
+//! the test as systemd would, and the drop-in plugin's daemon, started again by its
+//! launcher. Afterwards
 //! every container is either gated, and its PreStop runs before the app gets its SIGTERM, or
 //! ungated, and the plugin's log names it; no stop hangs.
 
@@ -105,18 +107,34 @@ async fn plugin_killed_during_a_burst_of_creates_loses_no_prestop_silently() {
         return;
     }
     let plugin = PathBuf::from(PLUGIN);
-    for v in Version::ALL {
+    for (v, drop_in) in Version::ALL
+        .into_iter()
+        .flat_map(|v| [(v, false), (v, true)])
+    {
+        let mode = if drop_in {
+            PluginMode::Preinstalled(plugin.clone())
+        } else {
+            PluginMode::External
+        };
         let node = std::sync::Arc::new(
-            Node::start(v, PluginMode::External)
+            Node::start(v, mode)
                 .await
                 .unwrap_or_else(|e| panic!("{v}: {e}")),
         );
-        let mut first = ExternalPlugin::spawn(&plugin, &node).unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            wait_registered(&node, EXTERNAL_NAME, Duration::from_secs(15)).await,
-            "{v}: external plugin did not register:\n{}",
-            first.output()
-        );
+        let v = format!("{v} {}", if drop_in { "drop-in" } else { "external" });
+        let mut first = if drop_in {
+            None
+        } else {
+            let first = ExternalPlugin::spawn(&plugin, &node).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                wait_registered(&node, EXTERNAL_NAME, Duration::from_secs(15)).await,
+                "{v}: external plugin did not register:\n{}",
+                first.output()
+            );
+            Some(first)
+        };
+        let daemon = node.daemon_pid();
+        assert!(daemon.is_some(), "{v}: no process serves NRI");
         let before = connections(&node.containerd_log());
         let creates: Vec<_> = (0..CONTAINERS)
             .map(|n| {
@@ -136,9 +154,20 @@ async fn plugin_killed_during_a_burst_of_creates_loses_no_prestop_silently() {
             "{v}: the plugin saw no creates:\n{}",
             node.plugin_log()
         );
-        first.kill();
-        // Started again at once, as systemd's Restart=always does.
-        let second = ExternalPlugin::spawn(&plugin, &node).unwrap_or_else(|e| panic!("{e}"));
+        let second = match first.as_mut() {
+            Some(first) => {
+                first.kill();
+                // Started again at once, as systemd's Restart=always does.
+                Some(ExternalPlugin::spawn(&plugin, &node).unwrap_or_else(|e| panic!("{e}")))
+            }
+            None => {
+                // The launcher starts the daemon again.
+                if let Some(pid) = daemon {
+                    nri_harness::sys::kill(pid, libc::SIGKILL);
+                }
+                None
+            }
+        };
         let mut started = Vec::new();
         for c in creates {
             started.push(c.await.unwrap_or_else(|e| panic!("{v}: {e}")));
@@ -146,8 +175,12 @@ async fn plugin_killed_during_a_burst_of_creates_loses_no_prestop_silently() {
         let reconnected = wait_for(LIMIT, || connections(&node.containerd_log()) > before).await;
         assert!(
             reconnected,
-            "{v}: the plugin did not reconnect:\n{}",
-            second.output()
+            "{v}: the plugin did not reconnect:\n{}\n{}",
+            second
+                .as_ref()
+                .map(ExternalPlugin::output)
+                .unwrap_or_default(),
+            node.diagnostics()
         );
         let mut cri = node.cri().await.expect("cri");
         let (mut gated, mut ungated) = (0, 0);

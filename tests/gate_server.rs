@@ -73,6 +73,9 @@ impl Effects for World {
     fn is_gated(&self, _: &Container) -> bool {
         false
     }
+    fn init_runs_gate(&self, _: &Container) -> Option<bool> {
+        None
+    }
     fn gate_resync(&self, _: &[Container]) {}
     fn forget(&self, _: &str) {}
 }

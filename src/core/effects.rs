@@ -80,6 +80,13 @@ pub trait Effects: Send + Sync + 'static {
     /// Whether the container carries our "gated" marker (seen again after a plugin restart).
     fn is_gated(&self, container: &Container) -> bool;
 
+    /// Whether the running container's init process is the gate, read from the process
+    /// itself (`None`: not running, or it cannot be told). What the runtime reports as the
+    /// args can differ from what runs: on containerd 1.7 a plugin that dies while it rewrites
+    /// the stored spec can leave the rewrite landing after the task was started from the old
+    /// spec.
+    fn init_runs_gate(&self, container: &Container) -> Option<bool>;
+
     /// After a (re)connection: re-creates the gate sockets of the gated containers among
     /// `containers` (all the runtime's containers) and drops stale ones.
     fn gate_resync(&self, containers: &[Container]);

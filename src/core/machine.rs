@@ -998,8 +998,12 @@ impl Machine {
         );
         let marked = recorded.is_some() || self.effects.is_gated(container);
         let args = &container.process.args;
-        // No args at all says nothing either way.
-        let gated_args = args.is_empty() || gate::args_are_gated(args);
+        // The running process is the truth where there is one; otherwise the args (no args
+        // at all say nothing either way).
+        let gated_args = match self.effects.init_runs_gate(container) {
+            Some(runs) => runs,
+            None => args.is_empty() || gate::args_are_gated(args),
+        };
         let name = format!("{}/{}/{}", pod.namespace, pod.name, container.name);
         match (marked, gated_args) {
             (true, true) => Gate::Gated,

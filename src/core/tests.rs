@@ -132,6 +132,9 @@ impl Effects for Fake {
     fn is_gated(&self, c: &Container) -> bool {
         c.annotations.contains_key("gated")
     }
+    fn init_runs_gate(&self, c: &Container) -> Option<bool> {
+        c.annotations.get("runs-gate").map(|v| v == "true")
+    }
     fn gate_resync(&self, containers: &[Container]) {
         for c in containers.iter().filter(|c| self.is_gated(c)) {
             self.record(format!("resync {}", c.id));
@@ -907,6 +910,37 @@ async fn synchronize_names_the_containers_whose_pre_stop_cannot_hold_the_stop() 
     assert!(ops
         .encode()
         .contains("nri_lifecycle_gate_failopen_total{reason=\"ungated\"} 1"));
+}
+
+#[tokio::test]
+async fn synchronize_believes_the_running_process_over_the_reported_args() {
+    let fake = Arc::new(Fake::default());
+    let (core, _inbox, ops) = start_with_ops(&fake);
+    let p = pod(&[("prestop.lifecycle.nri.io/pod", r#"{"sleep":{"seconds":0}}"#)]);
+    // The runtime reports gated args (a stored-spec rewrite landed), but the task was
+    // started from the spec before it: the init is the app.
+    let mut c = container("r1", "app");
+    c.state = ContainerState::Running;
+    c.annotations.insert("gated".into(), "1".into());
+    c.annotations.insert("runs-gate".into(), "false".into());
+    c.process.args = crate::gate::gate_args(
+        &["/app".to_string()],
+        &GateParams::new(Duration::from_secs(5), None, &container("x", "x")),
+    );
+    core.synchronize(vec![p.clone()], vec![c.clone()]).await;
+    let text = ops.encode();
+    for line in [
+        "nri_lifecycle_gate_failopen_total{reason=\"ungated\"} 1",
+        "nri_lifecycle_gated_containers 0",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    // Its PreStop runs best-effort at the stop, as for any ungated container.
+    core.event(event(EventKind::StopContainer, &p, &c))
+        .await
+        .unwrap();
+    settle(&core).await;
+    assert_eq!(fake.count("run preStop r1 "), 1, "{:?}", fake.calls());
 }
 
 #[tokio::test]
