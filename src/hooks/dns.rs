@@ -8,7 +8,7 @@
 //! pod's own processes get. Only the DNS wire format comes from `hickory-proto`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -374,41 +374,18 @@ fn answer(reply: &Message) -> Result<Answer, String> {
 /// `Ok(None)` when the file does not exist.
 pub fn read_container_file(process: &PidFd, path: &str) -> Result<Option<String>, String> {
     use std::io::Read;
+    use std::os::fd::AsFd;
     let root_path = format!("/proc/{}/root", process.pid());
     let root = std::fs::File::open(&root_path).map_err(|e| format!("{root_path}: {e}"))?;
     // The root was opened through the PID: it is the held process's while that lives on.
     if !process.is_alive() {
         return Err("the container's process has exited".into());
     }
-    let relative = std::ffi::CString::new(path.trim_start_matches('/'))
-        .map_err(|_| format!("{path}: not a path"))?;
-    // SAFETY: open_how is a plain C struct of integers; all-zero is a valid value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: openat2 with a valid directory fd, a C string and a correctly sized open_how
-    // that outlives the call; returns a new fd or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            relative.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
+    let file = match crate::ns::open_in_root(root.as_fd(), path.trim_start_matches('/')) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
     };
-    if fd < 0 {
-        let err = std::io::Error::last_os_error();
-        if err.kind() == std::io::ErrorKind::NotFound {
-            return Ok(None);
-        }
-        return Err(err.to_string());
-    }
-    // SAFETY: freshly opened by the kernel for us, owned by nobody else.
-    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
-    if !file.metadata().map_err(|e| e.to_string())?.is_file() {
-        return Err("not a regular file".into());
-    }
     let mut bytes = Vec::new();
     file.take(FILE_LIMIT)
         .read_to_end(&mut bytes)
@@ -534,6 +511,8 @@ mod tests {
         assert!(hosts_lookup(hosts, "host").is_empty());
         assert!(hosts_lookup(hosts, "line").is_empty());
     }
+
+    use std::os::fd::FromRawFd;
 
     /// Sockets of the test process itself (the responders listen on its loopback).
     struct HostSockets;

@@ -180,30 +180,8 @@ fn set_nonblocking(fd: &OwnedFd) -> Result<(), Error> {
 /// the container's root `root`, never on the host; at most `limit` bytes.
 fn read_in_root(root: &OwnedFd, path: &str, limit: usize) -> io::Result<String> {
     use std::io::Read;
-    let c = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: open_how is a plain C struct of integers; all-zero is a valid value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: openat2 with a valid directory fd, a C string and a correctly sized open_how
-    // that outlives the call; returns a new fd or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: freshly opened by the kernel for us, owned by nobody else.
-    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
+    use std::os::fd::AsFd;
+    let file = crate::ns::open_in_root(root.as_fd(), path)?;
     let mut text = String::new();
     file.take(limit as u64).read_to_string(&mut text)?;
     Ok(text)
