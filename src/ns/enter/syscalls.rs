@@ -77,6 +77,23 @@ pub trait Syscalls {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Raw;
 
+/// Writes `bytes` to `fd` in one `write(2)` (a short write is an error: the files written
+/// here take their value whole) and closes `fd`, which the caller opened for this alone.
+fn write_and_close(fd: libc::c_int, bytes: &[u8]) -> Result<(), Errno> {
+    // SAFETY: a write of `bytes` to the fd the caller just opened.
+    let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    let result = if n == bytes.len() as isize {
+        Ok(())
+    } else if n < 0 {
+        Err(Errno::last())
+    } else {
+        Err(Errno(libc::EIO))
+    };
+    // SAFETY: closing the fd the caller opened, used by nothing else.
+    unsafe { libc::close(fd) };
+    result
+}
+
 fn check(rc: libc::c_long) -> Result<(), Errno> {
     if rc < 0 {
         Err(Errno::last())
@@ -210,19 +227,7 @@ impl Syscalls for Raw {
         if fd < 0 {
             return Err(Errno::last());
         }
-        let bytes = value.to_bytes();
-        // SAFETY: a write of the C string's bytes to the fd just opened.
-        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        let result = if n == bytes.len() as isize {
-            Ok(())
-        } else if n < 0 {
-            Err(Errno::last())
-        } else {
-            Err(Errno(libc::EIO))
-        };
-        // SAFETY: closing the fd opened above, used by nothing else.
-        unsafe { libc::close(fd) };
-        result
+        write_and_close(fd, value.to_bytes())
     }
 
     fn seccomp(&self, filter: &Filter) -> Result<(), Errno> {
@@ -264,19 +269,7 @@ impl Syscalls for Raw {
         if fd < 0 {
             return Err(Errno::last());
         }
-        let bytes = attr.value.to_bytes();
-        // SAFETY: a write of the C string's bytes to the fd just opened.
-        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        let result = if n == bytes.len() as isize {
-            Ok(())
-        } else if n < 0 {
-            Err(Errno::last())
-        } else {
-            Err(Errno(libc::EIO))
-        };
-        // SAFETY: closing the fd opened above, used by nothing else.
-        unsafe { libc::close(fd) };
-        result
+        write_and_close(fd, attr.value.to_bytes())
     }
 
     fn execve(&self, path: &CStr, argv: &CStrings, envp: &CStrings) -> Errno {
