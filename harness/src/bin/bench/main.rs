@@ -335,6 +335,39 @@ fn app() -> ContainerSpec {
 const PRESTOP_NOOP: &str = r#"{"sleep":{"seconds":0}}"#;
 const PRESTOP_KEY: &str = "prestop.lifecycle.nri.io/container.app";
 
+/// A node of version `v` with the plugin pre-installed, configured with [`plugin_config`].
+pub(crate) async fn plugin_node(v: Version, opts: &Opts) -> anyhow::Result<Node> {
+    Node::start_with(
+        v,
+        PluginMode::Preinstalled(opts.plugin.clone()),
+        NodeOptions {
+            plugin_config: Some(plugin_config()),
+            ..Default::default()
+        },
+    )
+    .await
+    .context("node with the plugin")
+}
+
+/// Notes under a figure how many runs of each variant failed, with the first error.
+fn note_errors(
+    f: &mut Figure,
+    names: &[&str],
+    errors: &[usize],
+    first: &[Option<String>],
+    runs: usize,
+) {
+    for (k, name) in names.iter().enumerate() {
+        if errors[k] > 0 {
+            f.lines.push(format!(
+                "{name}: {} of {runs} runs failed, first: {}",
+                errors[k],
+                first[k].clone().unwrap_or_default()
+            ));
+        }
+    }
+}
+
 pub(crate) fn plugin_config() -> String {
     // As shipped (log level info), with everything inside the node directory.
     "log_file = \"{plugin_log}\"\nlog_level = \"info\"\nruntime_dir = \"{dir}/plugin-run\"\n".into()
@@ -367,16 +400,7 @@ async fn on_version(
     )
     .await
     .context("node with NRI and no plugin")?;
-    let on = Node::start_with(
-        v,
-        PluginMode::Preinstalled(opts.plugin.clone()),
-        NodeOptions {
-            plugin_config: Some(plugin_config()),
-            ..Default::default()
-        },
-    )
-    .await
-    .context("node with the plugin")?;
+    let on = plugin_node(v, opts).await?;
     rep.containerd
         .push(format!("{v} ({})", on.install().package_version(v)));
     if !plugin::wait_registered(&on, "nri-lifecycle", Duration::from_secs(10)).await {
@@ -724,17 +748,13 @@ async fn hook_latency(
     f.lines.push(format!(
         "busybox container running `sleep 3600`; the four variants interleaved, order rotated each round, {warmup} warm-up rounds dropped. \"ours\" times `Effects::run_hook` of the plugin's `node::Node` (the call its core makes for every hook) in the bench_probe process; the others are timed around the CRI call or the child process. Ratios are reference ÷ ours (how many times faster ours is)."
     ));
-    for k in 0..4 {
-        if errors[k] > 0 {
-            f.lines.push(format!(
-                "{}: {} of {} runs failed, first: {}",
-                names[k],
-                errors[k],
-                opts.exec_rounds + warmup,
-                first_err[k].clone().unwrap_or_default()
-            ));
-        }
-    }
+    note_errors(
+        &mut f,
+        &names,
+        &errors,
+        &first_err,
+        opts.exec_rounds + warmup,
+    );
     rep.figures.push(f);
 
     // ---- exec under the runtime's default seccomp profile
@@ -860,17 +880,13 @@ async fn exec_seccomp(
     f.lines.push(format!(
         "busybox container running `sleep 3600` with `seccompProfile: RuntimeDefault` (containerd's default profile in its OCI spec); both variants interleaved, order rotated each round, {warmup} warm-up rounds dropped. Every hook reads the bundle's spec and loads the container's filter into the hook process; the filter is compiled by libseccomp once per distinct profile and then taken from the plugin's cache. Ratios are reference ÷ ours."
     ));
-    for k in 0..2 {
-        if errors[k] > 0 {
-            f.lines.push(format!(
-                "{}: {} of {} runs failed, first: {}",
-                names[k],
-                errors[k],
-                opts.exec_rounds + warmup,
-                first_err[k].clone().unwrap_or_default()
-            ));
-        }
-    }
+    note_errors(
+        &mut f,
+        &names,
+        &errors,
+        &first_err,
+        opts.exec_rounds + warmup,
+    );
     rep.figures.push(f);
     Ok(())
 }

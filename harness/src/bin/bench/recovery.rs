@@ -14,9 +14,9 @@ use nri_harness::bench::report::{Figure, Report, Row};
 use nri_harness::bench::stats::{self, Samples};
 use nri_harness::bench::targets;
 use nri_harness::node::external_connected;
-use nri_harness::{images, sys, ContainerSpec, Node, NodeOptions, PluginMode, PodSpec, Version};
+use nri_harness::{images, sys, ContainerSpec, Node, PodSpec, Version};
 
-use crate::{plugin_config, say, Opts};
+use crate::{plugin_node, say, Opts};
 
 /// How long the stall lasts: twice containerd's default request timeout.
 const STALL: Duration = Duration::from_secs(4);
@@ -63,16 +63,7 @@ pub async fn run(v: Version, opts: &Opts, rep: &mut Report) -> anyhow::Result<()
         "{v}: recovery of the drop-in plugin, {} rounds of each fault",
         opts.recovery_rounds
     ));
-    let node = Node::start_with(
-        v,
-        PluginMode::Preinstalled(opts.plugin.clone()),
-        NodeOptions {
-            plugin_config: Some(plugin_config()),
-            ..Default::default()
-        },
-    )
-    .await
-    .context("node with the plugin")?;
+    let node = plugin_node(v, opts).await?;
     let result = measure(v, opts, &node, rep).await;
     if let Err(e) = node.stop().await {
         rep.note(format!("{v}: teardown of the recovery node: {e}"));
